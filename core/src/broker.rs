@@ -1,0 +1,185 @@
+//! The broker of one node: wiring of router and registry, the accept loop, shutdown.
+
+use std::{
+    net::SocketAddr,
+    sync::{atomic::AtomicU64, Arc},
+    time::Duration,
+};
+
+use tokio::{
+    net::{TcpListener, TcpStream},
+    sync::Semaphore,
+    time::Instant,
+};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+use crate::{
+    codec::ReasonCode,
+    config::{BrokerConfig, SessionLimits},
+    message::Message,
+    metrics::BrokerMetrics,
+    registry::{RegistryContext, SessionRegistry},
+    router::Router,
+    session::run_connection,
+};
+
+/// Errors starting the broker.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    /// An actor failed to start.
+    #[error("failed to start actor: {0}")]
+    Spawn(#[from] ractor::SpawnErr),
+}
+
+pub(crate) struct BrokerInner {
+    pub(crate) limits: Arc<SessionLimits>,
+    pub(crate) router: Router,
+    pub(crate) registry: SessionRegistry,
+    pub(crate) metrics: BrokerMetrics,
+    /// Bounds simultaneous connections: a permit is taken before `accept`.
+    connection_limit: Arc<Semaphore>,
+    /// Every connection task, so shutdown can wait for them.
+    connections: TaskTracker,
+}
+
+/// One broker node's MQTT engine. Cheap to clone.
+#[derive(Clone)]
+pub struct Broker {
+    pub(crate) inner: Arc<BrokerInner>,
+}
+
+impl Broker {
+    /// Starts the topic shards and session registry.
+    ///
+    /// # Errors
+    /// Returns [`BrokerError`] if an actor fails to start.
+    pub async fn start(config: BrokerConfig) -> Result<Broker, BrokerError> {
+        let limits = Arc::new(config.limits);
+        let metrics = BrokerMetrics::register();
+        let (router, _shards) = Router::start(
+            config.num_topic_shards.max(1),
+            limits.clone(),
+            metrics.clone(),
+        )
+        .await?;
+        let registry = SessionRegistry::start(
+            config.num_session_shards.max(1),
+            RegistryContext {
+                router: router.clone(),
+                metrics: metrics.clone(),
+                next_session_id: AtomicU64::new(1),
+                epoch: Instant::now(),
+            },
+        )
+        .await?;
+        let inner = BrokerInner {
+            limits,
+            router,
+            registry,
+            metrics,
+            connection_limit: Arc::new(Semaphore::new(config.max_connections)),
+            connections: TaskTracker::new(),
+        };
+        Ok(Broker {
+            inner: Arc::new(inner),
+        })
+    }
+
+    /// Returns the router (topic shards).
+    pub fn router(&self) -> &Router {
+        &self.inner.router
+    }
+
+    /// Returns the session registry.
+    pub fn registry(&self) -> &SessionRegistry {
+        &self.inner.registry
+    }
+
+    /// Returns the session limits in force.
+    pub fn limits(&self) -> &SessionLimits {
+        &self.inner.limits
+    }
+
+    /// Publishes a message as the broker itself (retained handling, then routing); returns the
+    /// number of sessions it was queued for.
+    ///
+    /// # Errors
+    /// Returns an error if the retained update fails.
+    pub async fn publish(
+        &self,
+        message: Arc<Message>,
+    ) -> Result<usize, crate::router::RouterError> {
+        if message.retain {
+            let retained = (!message.payload.is_empty()).then(|| message.clone());
+            self.inner
+                .router
+                .set_retained(message.topic.clone(), retained)
+                .await?;
+        }
+        Ok(self.inner.router.route(&message))
+    }
+
+    /// Accepts MQTT connections on `listener` until `shutdown` is cancelled.
+    ///
+    /// Connections are closed at shutdown through the registry ([`Broker::shutdown`]), not
+    /// through a token per connection, which would cost memory on every idle connection.
+    pub async fn serve(&self, listener: TcpListener, shutdown: CancellationToken) {
+        loop {
+            let permit = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                permit = self.inner.connection_limit.clone().acquire_owned() => permit.expect("connection limit is never closed"),
+            };
+            let (stream, peer) = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                accepted = accept_with_backoff(&listener) => accepted,
+            };
+            let _ = stream.set_nodelay(true);
+            let broker = self.clone();
+            self.inner.connections.spawn(async move {
+                run_connection(broker, stream, peer).await;
+                drop(permit);
+            });
+        }
+    }
+
+    /// Closes every connection with DISCONNECT 0x8B (Server shutting down) and waits, at most
+    /// `timeout`, for the connection tasks to finish.
+    pub async fn shutdown(&self, timeout: Duration) {
+        let num_kicked = self
+            .inner
+            .registry
+            .kick_all(ReasonCode::ServerShuttingDown)
+            .await;
+        tracing::info!(num_kicked, "closing client connections");
+        self.inner.connections.close();
+        if tokio::time::timeout(timeout, self.inner.connections.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                remaining = self.inner.connections.len(),
+                "connections still open after shutdown timeout"
+            );
+        }
+    }
+
+    /// Returns the number of connection tasks running.
+    pub fn num_connections(&self) -> usize {
+        self.inner.connections.len()
+    }
+}
+
+async fn accept_with_backoff(listener: &TcpListener) -> (TcpStream, SocketAddr) {
+    let mut backoff = Duration::from_millis(5);
+    loop {
+        match listener.accept().await {
+            Ok(accepted) => return accepted,
+            Err(error) => {
+                // EMFILE and friends: wait for connections to close instead of spinning.
+                tracing::warn!(%error, "accept failed");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+            }
+        }
+    }
+}

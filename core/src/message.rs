@@ -1,0 +1,80 @@
+//! Messages as the router moves them: one shared [`Message`] per publish, one [`Delivery`] per
+//! receiving session.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use bytestring::ByteString;
+use smallvec::SmallVec;
+use tokio::time::Instant;
+
+use crate::codec::{PublishProperties, QoS};
+
+/// Identifies one session incarnation (a new id whenever a session is created, not resumed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SessionId(pub u64);
+
+impl SessionId {
+    /// The id of messages that no client published (wills use the id of their session).
+    pub const SYSTEM: SessionId = SessionId(0);
+}
+
+/// A published message, shared by every session it is delivered to.
+#[derive(Debug)]
+pub struct Message {
+    /// Topic name, owned (never a slice of a read buffer).
+    pub topic: ByteString,
+    /// Payload.
+    pub payload: Bytes,
+    /// QoS it was published with.
+    pub qos: QoS,
+    /// RETAIN flag it was published with.
+    pub retain: bool,
+    /// Properties to forward unchanged (topic alias and subscription identifiers removed).
+    pub properties: PublishProperties,
+    /// When the message expires, from Message Expiry Interval.
+    pub expires_at: Option<Instant>,
+    /// The publishing session, for No Local.
+    pub publisher: SessionId,
+}
+
+impl Message {
+    /// Returns the seconds left before expiry, `Some(0)` never (expired messages are not sent).
+    ///
+    /// `None` means no expiry; `Err(())` means the message has expired.
+    #[allow(clippy::result_unit_err)]
+    pub fn remaining_expiry(&self, now: Instant) -> Result<Option<u32>, ()> {
+        let Some(expires_at) = self.expires_at else {
+            return Ok(None);
+        };
+        if expires_at <= now {
+            return Err(());
+        }
+        let remaining = expires_at.duration_since(now);
+        // Round up so a message with 0.4 s left still says 1 s.
+        let secs = remaining.as_secs() + u64::from(remaining.subsec_nanos() > 0);
+        Ok(Some(u32::try_from(secs).unwrap_or(u32::MAX)))
+    }
+
+    /// Approximate heap cost used for queue byte limits.
+    pub fn cost_bytes(&self) -> usize {
+        self.payload.len() + self.topic.len() + 64
+    }
+}
+
+/// Subscription identifiers attached to one delivery; most have none or one.
+pub type SubscriptionIds = SmallVec<[u32; 2]>;
+
+/// A message on its way to one session, at the QoS and with the flags of that session's
+/// subscriptions.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    /// The shared message.
+    pub message: Arc<Message>,
+    /// QoS of this delivery: min(published QoS, maximum granted QoS of the matching subscriptions).
+    pub qos: QoS,
+    /// RETAIN flag as delivered (retain-as-published, or a retained message sent on subscribe).
+    pub retain: bool,
+    /// Identifiers of every matching subscription that had one.
+    pub subscription_ids: SubscriptionIds,
+}

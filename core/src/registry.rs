@@ -1,0 +1,383 @@
+//! The session registry: ractor actors that supervise sessions, sharded by client id.
+//!
+//! Each [`RegistryShard`] owns the map from client id to [`SessionHandle`] for its share of the
+//! client ids, decides on CONNECT whether a session is resumed, replaced (clean start) or
+//! created, and runs the session timers on a periodic tick: closing clients silent for 1.5x
+//! their keep alive, publishing delayed wills and ending expired sessions. Offline sessions cost
+//! an entry here and their parked state, no task.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use bytestring::ByteString;
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use tokio::time::Instant;
+
+use crate::{
+    codec::{ProtocolVersion, ReasonCode},
+    message::{Message, SessionId},
+    metrics::BrokerMetrics,
+    router::Router,
+    session::{SessionHandle, SessionState},
+};
+
+/// How often each registry shard checks keep-alive deadlines, will delays and session expiry.
+pub const REGISTRY_TICK: Duration = Duration::from_millis(100);
+
+/// Timeout of calls into a registry shard.
+const REGISTRY_CALL_TIMEOUT_MS: u64 = 10_000;
+
+/// A will message waiting for its delay to pass.
+pub(crate) struct PendingWill {
+    pub(crate) message: Arc<Message>,
+    pub(crate) publish_at: Instant,
+}
+
+/// Result of registering a connecting client.
+pub(crate) struct RegisterOutcome {
+    /// The session the connection runs.
+    pub(crate) session: SessionHandle,
+    /// Whether an existing session was resumed (CONNACK Session Present).
+    pub(crate) session_present: bool,
+    /// Connection epoch: notices from older connections of this client are ignored.
+    pub(crate) epoch: u64,
+    /// The previous session, replaced because of clean start; its state must be discarded.
+    pub(crate) discarded: Option<SessionHandle>,
+}
+
+/// Notice that a connection closed and its session lives on.
+pub(crate) struct OfflineNotice {
+    pub(crate) client_id: ByteString,
+    pub(crate) epoch: u64,
+    /// When the session expires; `None` never.
+    pub(crate) expires_at: Option<Instant>,
+    pub(crate) will: Option<PendingWill>,
+}
+
+/// Requests to a registry shard. Each connection has at most one call in flight, and sends one
+/// notice when it closes, so the unbounded ractor mailbox is bounded by the connection count.
+pub(crate) enum RegistryMessage {
+    Register(
+        ByteString,
+        bool,
+        ProtocolVersion,
+        RpcReplyPort<RegisterOutcome>,
+    ),
+    SessionOffline(OfflineNotice),
+    SessionEnded {
+        client_id: ByteString,
+        epoch: u64,
+    },
+    Tick,
+    KickAll(ReasonCode, RpcReplyPort<usize>),
+    Count(RpcReplyPort<(usize, usize)>),
+}
+
+struct Entry {
+    handle: SessionHandle,
+    epoch: u64,
+    online: bool,
+    expires_at: Option<Instant>,
+    will: Option<PendingWill>,
+}
+
+/// Shared by every registry shard.
+pub(crate) struct RegistryContext {
+    pub(crate) router: Router,
+    pub(crate) metrics: BrokerMetrics,
+    pub(crate) next_session_id: AtomicU64,
+    /// Zero point of the keep-alive deadlines stored in session handles.
+    pub(crate) epoch: Instant,
+}
+
+/// One registry shard actor.
+pub(crate) struct RegistryShard {
+    context: Arc<RegistryContext>,
+}
+
+pub(crate) struct RegistryShardState {
+    sessions: HashMap<ByteString, Entry>,
+    next_epoch: u64,
+}
+
+/// Publishes a will: retained update (if flagged) then routing.
+pub(crate) fn publish_will(router: &Router, metrics: &BrokerMetrics, message: Arc<Message>) {
+    metrics.wills_published.increment(1);
+    if message.retain {
+        let retained = (!message.payload.is_empty()).then(|| message.clone());
+        router.set_retained_nowait(message.topic.clone(), retained);
+    }
+    router.route(&message);
+}
+
+fn end_session(context: &RegistryContext, handle: &SessionHandle) {
+    if let Some(state) = handle.end() {
+        discard_state(&context.router, state);
+    }
+}
+
+/// Removes the subscriptions of a session state that is being thrown away.
+pub(crate) fn discard_state(router: &Router, state: Box<SessionState>) {
+    let filters = state.subscriptions.into_iter().map(|s| s.filter);
+    router.remove_session(state.id, filters);
+}
+
+impl Actor for RegistryShard {
+    type Msg = RegistryMessage;
+    type State = RegistryShardState;
+    type Arguments = ();
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        _: (),
+    ) -> Result<Self::State, ActorProcessingErr> {
+        myself.send_interval(REGISTRY_TICK, || RegistryMessage::Tick);
+        Ok(RegistryShardState {
+            sessions: HashMap::new(),
+            next_epoch: 1,
+        })
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        message: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        let context = &self.context;
+        match message {
+            RegistryMessage::Register(client_id, clean_start, protocol, reply) => {
+                let epoch = state.next_epoch;
+                state.next_epoch += 1;
+                let outcome = match state.sessions.get_mut(&client_id) {
+                    Some(entry) if !clean_start => {
+                        entry.epoch = epoch;
+                        entry.online = true;
+                        entry.expires_at = None;
+                        // [MQTT-3.1.3-9] a reconnect before the will delay passed cancels the will.
+                        entry.will = None;
+                        RegisterOutcome {
+                            session: entry.handle.clone(),
+                            session_present: true,
+                            epoch,
+                            discarded: None,
+                        }
+                    }
+                    existing => {
+                        let session_id =
+                            SessionId(context.next_session_id.fetch_add(1, Ordering::Relaxed));
+                        let session_state =
+                            Box::new(SessionState::new(session_id, client_id.clone(), protocol));
+                        let handle =
+                            SessionHandle::new(session_id, client_id.clone(), session_state);
+                        let entry = Entry {
+                            handle: handle.clone(),
+                            epoch,
+                            online: true,
+                            expires_at: None,
+                            will: None,
+                        };
+                        let discarded = match existing {
+                            Some(old) => {
+                                let old = std::mem::replace(old, entry);
+                                // The old session ends now, so its pending will is due now.
+                                if let Some(will) = old.will {
+                                    publish_will(&context.router, &context.metrics, will.message);
+                                }
+                                Some(old.handle)
+                            }
+                            None => {
+                                state.sessions.insert(client_id, entry);
+                                None
+                            }
+                        };
+                        RegisterOutcome {
+                            session: handle,
+                            session_present: false,
+                            epoch,
+                            discarded,
+                        }
+                    }
+                };
+                let _ = reply.send(outcome);
+            }
+            RegistryMessage::SessionOffline(notice) => {
+                let Some(entry) = state.sessions.get_mut(&notice.client_id) else {
+                    return Ok(());
+                };
+                if entry.epoch != notice.epoch {
+                    return Ok(());
+                }
+                entry.online = false;
+                entry.expires_at = notice.expires_at;
+                entry.will = notice.will;
+            }
+            RegistryMessage::SessionEnded { client_id, epoch } => {
+                if state
+                    .sessions
+                    .get(&client_id)
+                    .is_some_and(|entry| entry.epoch == epoch)
+                {
+                    if let Some(entry) = state.sessions.remove(&client_id) {
+                        end_session(context, &entry.handle);
+                    }
+                }
+            }
+            RegistryMessage::Tick => {
+                let now = Instant::now();
+                let now_ms = now.duration_since(context.epoch).as_millis() as u64;
+                let mut expired = Vec::new();
+                for (client_id, entry) in state.sessions.iter_mut() {
+                    if entry.online {
+                        let deadline_ms = entry.handle.keep_alive_deadline_ms();
+                        if deadline_ms != 0 && deadline_ms < now_ms {
+                            entry.handle.kick(ReasonCode::KeepAliveTimeout);
+                        }
+                        continue;
+                    }
+                    if entry
+                        .will
+                        .as_ref()
+                        .is_some_and(|will| will.publish_at <= now)
+                    {
+                        let will = entry.will.take().expect("checked above");
+                        publish_will(&context.router, &context.metrics, will.message);
+                    }
+                    if entry.expires_at.is_some_and(|at| at <= now) {
+                        expired.push(client_id.clone());
+                    }
+                }
+                for client_id in expired {
+                    if let Some(entry) = state.sessions.remove(&client_id) {
+                        tracing::debug!(%client_id, "session expired");
+                        context.metrics.sessions_expired.increment(1);
+                        end_session(context, &entry.handle);
+                    }
+                }
+            }
+            RegistryMessage::KickAll(reason_code, reply) => {
+                let mut num_kicked = 0;
+                for entry in state.sessions.values().filter(|entry| entry.online) {
+                    entry.handle.kick(reason_code);
+                    num_kicked += 1;
+                }
+                let _ = reply.send(num_kicked);
+            }
+            RegistryMessage::Count(reply) => {
+                let num_online = state.sessions.values().filter(|entry| entry.online).count();
+                let _ = reply.send((num_online, state.sessions.len() - num_online));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Handle to the registry shards. Cheap to clone.
+#[derive(Clone)]
+pub struct SessionRegistry {
+    shards: Arc<[ActorRef<RegistryMessage>]>,
+    context: Arc<RegistryContext>,
+}
+
+impl SessionRegistry {
+    /// Spawns `num_shards` registry shard actors.
+    pub(crate) async fn start(
+        num_shards: usize,
+        context: RegistryContext,
+    ) -> Result<SessionRegistry, ractor::SpawnErr> {
+        let context = Arc::new(context);
+        let mut shards = Vec::with_capacity(num_shards);
+        for _ in 0..num_shards {
+            let (actor, _join) = Actor::spawn(
+                None,
+                RegistryShard {
+                    context: context.clone(),
+                },
+                (),
+            )
+            .await?;
+            shards.push(actor);
+        }
+        Ok(SessionRegistry {
+            shards: shards.into(),
+            context,
+        })
+    }
+
+    fn shard(&self, client_id: &str) -> &ActorRef<RegistryMessage> {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        client_id.hash(&mut hasher);
+        &self.shards[(hasher.finish() % self.shards.len() as u64) as usize]
+    }
+
+    pub(crate) fn epoch(&self) -> Instant {
+        self.context.epoch
+    }
+
+    pub(crate) async fn register(
+        &self,
+        client_id: ByteString,
+        clean_start: bool,
+        protocol: ProtocolVersion,
+    ) -> Result<RegisterOutcome, String> {
+        let shard = self.shard(&client_id);
+        ractor::call_t!(
+            shard,
+            RegistryMessage::Register,
+            REGISTRY_CALL_TIMEOUT_MS,
+            client_id,
+            clean_start,
+            protocol
+        )
+        .map_err(|e| e.to_string())
+    }
+
+    pub(crate) fn session_offline(&self, notice: OfflineNotice) {
+        let _ = self
+            .shard(&notice.client_id)
+            .cast(RegistryMessage::SessionOffline(notice));
+    }
+
+    pub(crate) fn session_ended(&self, client_id: ByteString, epoch: u64) {
+        let _ = self
+            .shard(&client_id)
+            .cast(RegistryMessage::SessionEnded { client_id, epoch });
+    }
+
+    /// Asks every connected session to close with `reason_code`; returns how many were asked.
+    pub async fn kick_all(&self, reason_code: ReasonCode) -> usize {
+        let mut num_kicked = 0;
+        for shard in self.shards.iter() {
+            num_kicked += ractor::call_t!(
+                shard,
+                RegistryMessage::KickAll,
+                REGISTRY_CALL_TIMEOUT_MS,
+                reason_code
+            )
+            .unwrap_or(0);
+        }
+        num_kicked
+    }
+
+    /// Returns the number of online and offline sessions.
+    pub async fn count(&self) -> (usize, usize) {
+        let mut totals = (0, 0);
+        for shard in self.shards.iter() {
+            if let Ok((online, offline)) =
+                ractor::call_t!(shard, RegistryMessage::Count, REGISTRY_CALL_TIMEOUT_MS)
+            {
+                totals.0 += online;
+                totals.1 += offline;
+            }
+        }
+        totals
+    }
+}

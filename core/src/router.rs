@@ -1,0 +1,340 @@
+//! The sharded subscription table and message routing.
+//!
+//! Topics are split over `N` topic shards by the hash of their first level; filters whose first
+//! level is a wildcard live in one extra wildcard shard. Each shard is a ractor actor
+//! ([`shard::TopicShard`]) and the single writer of its table (subscriptions and retained
+//! messages); publishers read the table directly under the shard's read lock. A publish
+//! therefore touches at most two shards and never one global actor or lock.
+
+mod retained;
+mod shard;
+mod table;
+
+use std::{
+    hash::{Hash, Hasher},
+    sync::Arc,
+};
+
+use bytestring::ByteString;
+use parking_lot::RwLock;
+use ractor::{Actor, ActorRef};
+use smallvec::SmallVec;
+use tokio::time::Instant;
+
+use crate::{
+    codec::{QoS, SubscriptionOptions},
+    config::SessionLimits,
+    message::{Delivery, Message, SessionId, SubscriptionIds},
+    metrics::BrokerMetrics,
+    session::{PushOutcome, SessionHandle},
+    topic::TopicFilter,
+};
+
+pub(crate) use shard::{ShardMessage, ShardTable, TopicShard};
+pub(crate) use table::Subscriber;
+
+/// Errors of the router's actor calls.
+#[derive(Debug, thiserror::Error)]
+pub enum RouterError {
+    /// A topic shard did not answer in time or has stopped.
+    #[error("topic shard unavailable: {0}")]
+    ShardUnavailable(String),
+}
+
+struct ShardRef {
+    table: Arc<RwLock<ShardTable>>,
+    actor: ActorRef<ShardMessage>,
+}
+
+struct RouterInner {
+    shards: Box<[ShardRef]>,
+    limits: Arc<SessionLimits>,
+    metrics: BrokerMetrics,
+}
+
+/// Handle to the topic shards: routing, subscribing, retained messages. Cheap to clone.
+#[derive(Clone)]
+pub struct Router {
+    inner: Arc<RouterInner>,
+}
+
+/// Timeout of calls into a topic shard.
+const SHARD_CALL_TIMEOUT_MS: u64 = 10_000;
+
+fn hash_level(level: &str) -> u64 {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    level.hash(&mut hasher);
+    hasher.finish()
+}
+
+impl Router {
+    /// Spawns `num_shards` topic shard actors plus the wildcard shard.
+    ///
+    /// # Errors
+    /// Returns an error if an actor fails to start.
+    pub(crate) async fn start(
+        num_shards: usize,
+        limits: Arc<SessionLimits>,
+        metrics: BrokerMetrics,
+    ) -> Result<(Router, Vec<ActorRef<ShardMessage>>), ractor::SpawnErr> {
+        let mut shards = Vec::with_capacity(num_shards + 1);
+        let mut actors = Vec::with_capacity(num_shards + 1);
+        for shard_idx in 0..=num_shards {
+            let table = Arc::new(RwLock::new(ShardTable::default()));
+            let (actor, _join) =
+                Actor::spawn(None, TopicShard { shard_idx }, table.clone()).await?;
+            actors.push(actor.clone());
+            shards.push(ShardRef { table, actor });
+        }
+        let inner = RouterInner {
+            shards: shards.into_boxed_slice(),
+            limits,
+            metrics,
+        };
+        Ok((
+            Router {
+                inner: Arc::new(inner),
+            },
+            actors,
+        ))
+    }
+
+    fn num_literal_shards(&self) -> usize {
+        self.inner.shards.len() - 1
+    }
+
+    fn shard_for_topic(&self, topic: &str) -> usize {
+        let first = topic.split('/').next().unwrap_or_default();
+        (hash_level(first) % self.num_literal_shards() as u64) as usize
+    }
+
+    fn shard_for_filter(&self, filter: &str) -> usize {
+        let first = filter.split('/').next().unwrap_or_default();
+        if first == "+" || first == "#" {
+            return self.num_literal_shards();
+        }
+        self.shard_for_topic(filter)
+    }
+
+    /// Adds a subscription; returns true if the session already had one for this filter.
+    ///
+    /// # Errors
+    /// Returns [`RouterError`] if the shard does not answer.
+    pub async fn subscribe(
+        &self,
+        session: &SessionHandle,
+        filter: &TopicFilter,
+        options: SubscriptionOptions,
+        subscription_id: u32,
+    ) -> Result<bool, RouterError> {
+        let shard = &self.inner.shards[self.shard_for_filter(&filter.filter)];
+        let subscriber = Subscriber {
+            session: session.clone(),
+            options,
+            subscription_id,
+        };
+        let filter = filter.clone();
+        ractor::call_t!(
+            shard.actor,
+            ShardMessage::Subscribe,
+            SHARD_CALL_TIMEOUT_MS,
+            filter,
+            subscriber
+        )
+        .map_err(|e| RouterError::ShardUnavailable(e.to_string()))
+    }
+
+    /// Removes a subscription; returns true if it existed.
+    ///
+    /// # Errors
+    /// Returns [`RouterError`] if the shard does not answer.
+    pub async fn unsubscribe(
+        &self,
+        session_id: SessionId,
+        filter: &TopicFilter,
+    ) -> Result<bool, RouterError> {
+        let shard = &self.inner.shards[self.shard_for_filter(&filter.filter)];
+        let filter = filter.clone();
+        ractor::call_t!(
+            shard.actor,
+            ShardMessage::Unsubscribe,
+            SHARD_CALL_TIMEOUT_MS,
+            filter,
+            session_id
+        )
+        .map_err(|e| RouterError::ShardUnavailable(e.to_string()))
+    }
+
+    /// Removes every listed subscription of an ended session (fire and forget).
+    pub fn remove_session(
+        &self,
+        session_id: SessionId,
+        filters: impl IntoIterator<Item = TopicFilter>,
+    ) {
+        let mut per_shard: Vec<Vec<TopicFilter>> = vec![Vec::new(); self.inner.shards.len()];
+        for filter in filters {
+            per_shard[self.shard_for_filter(&filter.filter)].push(filter);
+        }
+        for (shard_idx, filters) in per_shard.into_iter().enumerate() {
+            if filters.is_empty() {
+                continue;
+            }
+            let message = ShardMessage::RemoveSession {
+                session_id,
+                filters,
+            };
+            if let Err(error) = self.inner.shards[shard_idx].actor.cast(message) {
+                tracing::error!(%error, shard_idx, "topic shard unavailable");
+            }
+        }
+    }
+
+    /// Sets or clears the retained message of `topic` and waits until the shard applied it.
+    ///
+    /// # Errors
+    /// Returns [`RouterError`] if the shard does not answer.
+    pub async fn set_retained(
+        &self,
+        topic: ByteString,
+        message: Option<Arc<Message>>,
+    ) -> Result<(), RouterError> {
+        let shard = &self.inner.shards[self.shard_for_topic(&topic)];
+        ractor::call_t!(
+            shard.actor,
+            ShardMessage::SetRetained,
+            SHARD_CALL_TIMEOUT_MS,
+            topic,
+            message
+        )
+        .map_err(|e| RouterError::ShardUnavailable(e.to_string()))
+    }
+
+    /// Sets or clears a retained message without waiting (wills published by the registry).
+    pub fn set_retained_nowait(&self, topic: ByteString, message: Option<Arc<Message>>) {
+        let shard = &self.inner.shards[self.shard_for_topic(&topic)];
+        let (reply, _) = tokio::sync::oneshot::channel();
+        if let Err(error) =
+            shard
+                .actor
+                .cast(ShardMessage::SetRetained(topic, message, reply.into()))
+        {
+            tracing::error!(%error, "topic shard unavailable");
+        }
+    }
+
+    /// Returns the unexpired retained messages matching a (non-shared) filter.
+    pub fn retained_for(&self, filter: &str) -> Vec<Arc<Message>> {
+        let now = Instant::now();
+        let mut out = Vec::new();
+        let shard_idx = self.shard_for_filter(filter);
+        if shard_idx < self.num_literal_shards() {
+            self.inner.shards[shard_idx]
+                .table
+                .read()
+                .retained
+                .collect(filter, now, &mut out);
+        } else {
+            for shard in self.inner.shards.iter() {
+                shard.table.read().retained.collect(filter, now, &mut out);
+            }
+        }
+        out
+    }
+
+    /// Returns the number of retained messages and subscriptions over all shards.
+    pub fn counts(&self) -> (usize, usize) {
+        self.inner
+            .shards
+            .iter()
+            .fold((0, 0), |(retained, subscriptions), shard| {
+                let table = shard.table.read();
+                (
+                    retained + table.retained.len(),
+                    subscriptions + table.subscriptions.len(),
+                )
+            })
+    }
+
+    /// Delivers `message` to every matching session; returns the number of sessions it was
+    /// queued for.
+    pub fn route(&self, message: &Arc<Message>) -> usize {
+        let topic: &str = &message.topic;
+        let mut matches: SmallVec<[(SessionHandle, SubscriptionOptions, u32); 4]> = SmallVec::new();
+        let mut shared: SmallVec<[(SessionHandle, SubscriptionOptions, u32); 2]> = SmallVec::new();
+        let literal_idx = self.shard_for_topic(topic);
+        for shard_idx in [literal_idx, self.num_literal_shards()] {
+            let table = self.inner.shards[shard_idx].table.read();
+            table.subscriptions.for_each_match(topic, |s| {
+                matches.push((s.session.clone(), s.options, s.subscription_id));
+            });
+            table.subscriptions.for_each_shared_match(topic, |s| {
+                shared.push((s.session.clone(), s.options, s.subscription_id));
+            });
+        }
+        let mut num_queued = 0;
+        if matches.len() > 1 {
+            matches.sort_unstable_by_key(|(session, _, _)| session.id());
+        }
+        let mut idx = 0;
+        while idx < matches.len() {
+            let session_id = matches[idx].0.id();
+            let mut end = idx + 1;
+            while end < matches.len() && matches[end].0.id() == session_id {
+                end += 1;
+            }
+            // Overlapping subscriptions of one session: one delivery at the maximum granted QoS,
+            // carrying every subscription identifier [MQTT-3.3.4-3], [MQTT-3.3.4-5].
+            let mut max_qos = None;
+            let mut retain = false;
+            let mut subscription_ids = SubscriptionIds::new();
+            for (_, options, subscription_id) in &matches[idx..end] {
+                // [MQTT-3.8.3-3] No Local: never back to the publishing session.
+                if options.no_local && session_id == message.publisher {
+                    continue;
+                }
+                max_qos = max_qos.max(Some(options.qos));
+                retain |= options.retain_as_published && message.retain;
+                if *subscription_id != 0 {
+                    subscription_ids.push(*subscription_id);
+                }
+            }
+            if let Some(max_qos) = max_qos {
+                num_queued +=
+                    self.deliver(&matches[idx].0, message, max_qos, retain, subscription_ids);
+            }
+            idx = end;
+        }
+        for (session, options, subscription_id) in shared {
+            let mut subscription_ids = SubscriptionIds::new();
+            if subscription_id != 0 {
+                subscription_ids.push(subscription_id);
+            }
+            let retain = options.retain_as_published && message.retain;
+            num_queued += self.deliver(&session, message, options.qos, retain, subscription_ids);
+        }
+        if num_queued == 0 {
+            self.inner.metrics.dropped_no_subscribers.increment(1);
+        }
+        num_queued
+    }
+
+    fn deliver(
+        &self,
+        session: &SessionHandle,
+        message: &Arc<Message>,
+        granted_qos: QoS,
+        retain: bool,
+        subscription_ids: SubscriptionIds,
+    ) -> usize {
+        let delivery = Delivery {
+            message: message.clone(),
+            qos: message.qos.min(granted_qos),
+            retain,
+            subscription_ids,
+        };
+        match session.push(delivery, &self.inner.limits, &self.inner.metrics) {
+            PushOutcome::Queued => 1,
+            PushOutcome::Dropped => 0,
+        }
+    }
+}

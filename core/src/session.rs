@@ -1,0 +1,301 @@
+//! Sessions: the session handle (address and bounded mailbox) and the session task-actor.
+//!
+//! A session is a task-actor: while a client is connected, one tokio task owns both the socket
+//! and the [`SessionState`]; while the client is away, the state is parked in the handle and
+//! costs no task at all. Everything else reaches a session only through its [`SessionHandle`]:
+//! routed messages go into its bounded mailbox, control requests (takeover, kick) into a
+//! single control slot. The handle is registered in a session-registry shard (a ractor actor,
+//! see [`crate::registry`]) which supervises the session's timers: keep alive, will delay and
+//! session expiry.
+
+mod connection;
+mod packets;
+mod state;
+
+use std::{
+    collections::VecDeque,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+};
+
+use bytestring::ByteString;
+use parking_lot::Mutex;
+use smallvec::SmallVec;
+use tokio::sync::{oneshot, Notify};
+
+use crate::{
+    codec::{QoS, ReasonCode},
+    config::{QueueFullPolicy, SessionLimits},
+    message::{Delivery, SessionId},
+    metrics::BrokerMetrics,
+};
+
+pub(crate) use connection::run_connection;
+pub use state::{Outbound, OutboundState, SessionState, StoredSubscription};
+
+/// The address of a session: cheap to clone, held by topic shards and the registry.
+#[derive(Clone)]
+pub struct SessionHandle(Arc<SessionShared>);
+
+impl std::fmt::Debug for SessionHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionHandle")
+            .field("id", &self.0.id)
+            .field("client_id", &self.0.client_id)
+            .finish()
+    }
+}
+
+struct SessionShared {
+    id: SessionId,
+    client_id: ByteString,
+    /// Milliseconds since the broker epoch after which a silent client is closed; 0 = never.
+    keep_alive_deadline_ms: AtomicU64,
+    mailbox: Mutex<Mailbox>,
+    /// Wakes the connection task; at most one stored permit, so bursts cost one wake-up.
+    notify: Notify,
+}
+
+/// A request to the task that currently runs the session.
+pub(crate) enum Control {
+    /// Another connection takes the session over: send DISCONNECT 0x8E and hand over the state.
+    Takeover {
+        /// Whether the new connection starts clean (then the old will is published).
+        clean_start: bool,
+        /// Receives the session state.
+        reply: oneshot::Sender<Box<SessionState>>,
+    },
+    /// Close the connection with this reason code (keep alive timeout, shutdown, admin kick).
+    Kick(ReasonCode),
+}
+
+/// The bounded mailbox of a session.
+///
+/// Overflow policy: when `max_queued_messages` or `max_queued_bytes` is reached, the session's
+/// [`QueueFullPolicy`] drops the newest or the oldest message and counts it in
+/// `starling_messages_dropped_total{reason="queue_full"}`. QoS 0 messages for an offline
+/// session are dropped unless `queue_qos0_offline` is set.
+#[derive(Default)]
+struct Mailbox {
+    queue: VecDeque<Delivery>,
+    queued_bytes: usize,
+    /// A connection task runs the session (or is about to).
+    online: bool,
+    /// The session ended; deliveries are dropped and the state is gone.
+    ended: bool,
+    /// A wake-up was sent and the consumer has not yet emptied the queue.
+    wake_pending: bool,
+    control: Option<Control>,
+    /// The session state while no connection task runs the session.
+    parked: Option<Box<SessionState>>,
+}
+
+/// What happened to a pushed delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PushOutcome {
+    /// Queued for the session.
+    Queued,
+    /// Dropped under the overflow policy or because the session is gone or offline (QoS 0).
+    Dropped,
+}
+
+impl SessionHandle {
+    /// Creates the handle of a new session whose fresh state is parked in it.
+    pub(crate) fn new(id: SessionId, client_id: ByteString, state: Box<SessionState>) -> Self {
+        SessionHandle(Arc::new(SessionShared {
+            id,
+            client_id,
+            keep_alive_deadline_ms: AtomicU64::new(0),
+            mailbox: Mutex::new(Mailbox {
+                parked: Some(state),
+                ..Mailbox::default()
+            }),
+            notify: Notify::new(),
+        }))
+    }
+
+    /// Returns the session id.
+    pub fn id(&self) -> SessionId {
+        self.0.id
+    }
+
+    /// Returns the client identifier.
+    pub fn client_id(&self) -> &ByteString {
+        &self.0.client_id
+    }
+
+    /// Returns true while a connection runs the session.
+    pub fn is_online(&self) -> bool {
+        self.0.mailbox.lock().online
+    }
+
+    /// Returns the number of queued, not yet sent messages.
+    pub fn queue_len(&self) -> usize {
+        self.0.mailbox.lock().queue.len()
+    }
+
+    /// Queues a delivery, applying the session's limits and overflow policy.
+    pub fn push(
+        &self,
+        delivery: Delivery,
+        limits: &SessionLimits,
+        metrics: &BrokerMetrics,
+    ) -> PushOutcome {
+        let cost = delivery.message.cost_bytes();
+        let mut mailbox = self.0.mailbox.lock();
+        if mailbox.ended {
+            return PushOutcome::Dropped;
+        }
+        if !mailbox.online && delivery.qos == QoS::AtMostOnce && !limits.queue_qos0_offline {
+            metrics.dropped_offline_qos0.increment(1);
+            return PushOutcome::Dropped;
+        }
+        let is_full = mailbox.queue.len() >= limits.max_queued_messages
+            || mailbox.queued_bytes + cost > limits.max_queued_bytes;
+        if is_full {
+            metrics.dropped_queue_full.increment(1);
+            match limits.queue_full_policy {
+                QueueFullPolicy::DropNewest => return PushOutcome::Dropped,
+                QueueFullPolicy::DropOldest => {
+                    if let Some(oldest) = mailbox.queue.pop_front() {
+                        mailbox.queued_bytes -= oldest.message.cost_bytes();
+                    }
+                }
+            }
+        }
+        mailbox.queue.push_back(delivery);
+        mailbox.queued_bytes += cost;
+        let wake = mailbox.online && !mailbox.wake_pending;
+        if wake {
+            mailbox.wake_pending = true;
+        }
+        drop(mailbox);
+        if wake {
+            self.0.notify.notify_one();
+        }
+        PushOutcome::Queued
+    }
+
+    /// Pops up to `max_items` deliveries in order; stops before a QoS 1/2 delivery once
+    /// `qos_room` of them were taken (the client's receive maximum).
+    pub(crate) fn pop_batch(
+        &self,
+        max_items: usize,
+        mut qos_room: usize,
+    ) -> SmallVec<[Delivery; 16]> {
+        let mut batch = SmallVec::new();
+        let mut mailbox = self.0.mailbox.lock();
+        while batch.len() < max_items {
+            let Some(front) = mailbox.queue.front() else {
+                mailbox.wake_pending = false;
+                break;
+            };
+            if front.qos != QoS::AtMostOnce {
+                if qos_room == 0 {
+                    break;
+                }
+                qos_room -= 1;
+            }
+            let delivery = mailbox.queue.pop_front().expect("front exists");
+            mailbox.queued_bytes -= delivery.message.cost_bytes();
+            batch.push(delivery);
+        }
+        batch
+    }
+
+    /// Takes the pending control request, if any.
+    pub(crate) fn take_control(&self) -> Option<Control> {
+        self.0.mailbox.lock().control.take()
+    }
+
+    /// Waits until the session has something for its connection task.
+    pub(crate) async fn notified(&self) {
+        self.0.notify.notified().await;
+    }
+
+    /// Asks the running connection, if any, to close with `reason_code`.
+    pub fn kick(&self, reason_code: ReasonCode) {
+        let mut mailbox = self.0.mailbox.lock();
+        if !mailbox.online || mailbox.control.is_some() {
+            return;
+        }
+        mailbox.control = Some(Control::Kick(reason_code));
+        drop(mailbox);
+        self.0.notify.notify_one();
+    }
+
+    /// Takes the session state for a new connection, taking it over from the connection that
+    /// runs it if there is one. Returns `None` if the session ended meanwhile.
+    pub(crate) async fn acquire(&self, clean_start: bool) -> Option<Box<SessionState>> {
+        let receiver = {
+            let mut mailbox = self.0.mailbox.lock();
+            if mailbox.ended {
+                return None;
+            }
+            if let Some(state) = mailbox.parked.take() {
+                mailbox.online = true;
+                mailbox.wake_pending = false;
+                return Some(state);
+            }
+            let (reply, receiver) = oneshot::channel();
+            // A pending kick is superseded: the old connection closes either way.
+            mailbox.control = Some(Control::Takeover { clean_start, reply });
+            receiver
+        };
+        self.0.notify.notify_one();
+        let state = tokio::time::timeout(std::time::Duration::from_secs(10), receiver)
+            .await
+            .ok()?
+            .ok()?;
+        let mut mailbox = self.0.mailbox.lock();
+        mailbox.online = true;
+        mailbox.wake_pending = false;
+        Some(state)
+    }
+
+    /// Parks the state when its connection closes, or hands it to a waiting takeover.
+    /// Returns true if a takeover received it.
+    pub(crate) fn park(&self, state: Box<SessionState>) -> bool {
+        let mut mailbox = self.0.mailbox.lock();
+        if let Some(Control::Takeover { reply, .. }) = mailbox.control.take() {
+            match reply.send(state) {
+                Ok(()) => return true,
+                Err(state) => mailbox.parked = Some(state),
+            }
+        } else {
+            mailbox.parked = Some(state);
+        }
+        mailbox.online = false;
+        mailbox.wake_pending = false;
+        false
+    }
+
+    /// Ends the session: drops queued messages and returns the parked state, if any.
+    pub(crate) fn end(&self) -> Option<Box<SessionState>> {
+        let mut mailbox = self.0.mailbox.lock();
+        mailbox.ended = true;
+        mailbox.online = false;
+        mailbox.queue = VecDeque::new();
+        mailbox.queued_bytes = 0;
+        mailbox.parked.take()
+    }
+
+    /// Records when a silent client must be closed (milliseconds since the broker epoch).
+    pub(crate) fn set_keep_alive_deadline_ms(&self, deadline_ms: u64) {
+        self.0
+            .keep_alive_deadline_ms
+            .store(deadline_ms, Ordering::Relaxed);
+    }
+
+    /// Returns the keep-alive deadline in milliseconds since the broker epoch (0 = none).
+    pub(crate) fn keep_alive_deadline_ms(&self) -> u64 {
+        self.0.keep_alive_deadline_ms.load(Ordering::Relaxed)
+    }
+
+    /// Returns true when both handles address the same session.
+    pub fn same_session(&self, other: &SessionHandle) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}

@@ -1,0 +1,750 @@
+//! The connection task: reads CONNECT, attaches to a session, then runs the session loop until
+//! the connection closes, and finally parks, hands over or ends the session.
+
+use std::{collections::HashMap, io, net::SocketAddr, sync::Arc};
+
+use bytes::{Buf, BytesMut};
+use bytestring::ByteString;
+use tokio::{sync::oneshot, time::Instant};
+
+use crate::{
+    broker::Broker,
+    codec::{
+        decode_packet, ConnAck, ConnAckProperties, Connect, DecodeError, Disconnect,
+        DisconnectProperties, LastWill, Packet, ProtocolVersion, QoS, ReasonCode,
+    },
+    message::{Message, SessionId},
+    registry::{discard_state, publish_will, OfflineNotice, PendingWill},
+    session::{Control, OutboundState, SessionHandle, SessionState},
+    topic,
+    transport::Transport,
+};
+
+/// Bytes of unsent output after which the task stops reading and draining until the socket
+/// drains: the per-connection outbound bound.
+pub(super) const MAX_PENDING_WRITE_BYTES: usize = 64 * 1024;
+
+/// Why a connection ends.
+pub(super) enum Close {
+    /// The client sent DISCONNECT; `publish_will` for reason 0x04.
+    ClientDisconnect { publish_will: bool },
+    /// EOF or a socket error.
+    Network,
+    /// The client broke the protocol: DISCONNECT with this reason code (MQTT 5), then close.
+    Protocol(ReasonCode, &'static str),
+    /// The broker closes the connection (keep alive timeout, shutdown, administrative action).
+    Kicked(ReasonCode),
+    /// A new connection takes the session over.
+    Takeover {
+        clean_start: bool,
+        reply: oneshot::Sender<Box<SessionState>>,
+    },
+}
+
+/// Per-connection state of an attached session (the session state itself is `state`).
+pub(super) struct Connection<T> {
+    pub(super) broker: Broker,
+    pub(super) transport: T,
+    pub(super) peer: SocketAddr,
+    pub(super) handle: SessionHandle,
+    pub(super) state: Box<SessionState>,
+    pub(super) epoch: u64,
+    pub(super) version: ProtocolVersion,
+    /// 1.5 x keep alive in milliseconds; 0 disables the check.
+    pub(super) keep_alive_grace_ms: u64,
+    /// Read buffer: empty and unallocated while the connection is idle.
+    pub(super) rbuf: BytesMut,
+    /// Write buffer: empty and unallocated while nothing is pending.
+    pub(super) wbuf: BytesMut,
+    pub(super) client_receive_maximum: u16,
+    pub(super) client_max_packet_size: usize,
+    pub(super) client_topic_alias_maximum: u16,
+    pub(super) request_problem_information: bool,
+    pub(super) inbound_aliases: HashMap<u16, ByteString>,
+    pub(super) outbound_aliases: HashMap<ByteString, u16>,
+    pub(super) will: Option<Box<LastWill>>,
+}
+
+/// Runs one client connection from accept to close.
+pub(crate) async fn run_connection<T: Transport>(broker: Broker, transport: T, peer: SocketAddr) {
+    let metrics = broker.inner.metrics.clone();
+    metrics.connections_opened.increment(1);
+    metrics.connections_current.increment(1.0);
+    let connect_timeout = broker.inner.limits.connect_timeout;
+    let max_packet_size = broker.inner.limits.max_packet_size as usize;
+    match tokio::time::timeout(connect_timeout, read_connect(&transport, max_packet_size)).await {
+        Err(_elapsed) => tracing::debug!(%peer, "no CONNECT within the connect timeout"),
+        Ok(Err(ConnectReadError::Io(error))) => {
+            tracing::debug!(%peer, %error, "connection closed before CONNECT")
+        }
+        Ok(Err(ConnectReadError::Decode(error))) => {
+            metrics.protocol_errors.increment(1);
+            tracing::debug!(%peer, %error, "invalid CONNECT");
+            if let DecodeError::UnsupportedProtocolVersion(_) | DecodeError::InvalidProtocolName =
+                error
+            {
+                // [MQTT-3.1.2-2] CONNACK 0x01 (unacceptable protocol version), then close.
+                let connack = Packet::ConnAck(ConnAck {
+                    session_present: false,
+                    reason_code: ReasonCode::UnsupportedProtocolVersion,
+                    properties: ConnAckProperties::default(),
+                });
+                let mut out = BytesMut::new();
+                connack.encode(ProtocolVersion::V3_1_1, &mut out);
+                let _ = write_all(&transport, &out).await;
+            }
+        }
+        Ok(Ok((connect, rbuf))) => {
+            if let Some(connection) = attach(broker, transport, peer, connect, rbuf).await {
+                connection.run().await;
+            }
+        }
+    }
+    metrics.connections_closed.increment(1);
+    metrics.connections_current.decrement(1.0);
+}
+
+enum ConnectReadError {
+    Io(io::Error),
+    Decode(DecodeError),
+}
+
+async fn read_connect<T: Transport>(
+    transport: &T,
+    max_packet_size: usize,
+) -> Result<(Box<Connect>, BytesMut), ConnectReadError> {
+    let mut rbuf = BytesMut::new();
+    loop {
+        transport.readable().await.map_err(ConnectReadError::Io)?;
+        rbuf.reserve(512);
+        match transport.try_read_buf(&mut rbuf) {
+            Ok(0) => return Err(ConnectReadError::Io(io::ErrorKind::UnexpectedEof.into())),
+            Ok(_) => {}
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(error) => return Err(ConnectReadError::Io(error)),
+        }
+        match decode_packet(&mut rbuf, max_packet_size, None) {
+            Ok(Some(Packet::Connect(connect))) => return Ok((connect, rbuf)),
+            Ok(Some(_)) => {
+                return Err(ConnectReadError::Decode(DecodeError::Protocol(
+                    "first packet must be CONNECT",
+                )))
+            }
+            Ok(None) => {}
+            Err(error) => return Err(ConnectReadError::Decode(error)),
+        }
+    }
+}
+
+async fn write_all<T: Transport>(transport: &T, mut buf: &[u8]) -> io::Result<()> {
+    while !buf.is_empty() {
+        transport.writable().await?;
+        match transport.try_write(buf) {
+            Ok(n) => buf = &buf[n..],
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(())
+}
+
+/// Refuses a CONNECT with `reason_code` and closes.
+async fn refuse<T: Transport>(
+    transport: &T,
+    version: ProtocolVersion,
+    reason_code: ReasonCode,
+    reason: &'static str,
+) {
+    let mut properties = ConnAckProperties::default();
+    if version.is_v5() {
+        properties.reason_string = Some(ByteString::from_static(reason));
+    }
+    let connack = Packet::ConnAck(ConnAck {
+        session_present: false,
+        reason_code,
+        properties,
+    });
+    let mut out = BytesMut::new();
+    connack.encode(version, &mut out);
+    let _ = write_all(transport, &out).await;
+}
+
+/// Validates CONNECT, registers the client and takes its session; sends CONNACK.
+async fn attach<T: Transport>(
+    broker: Broker,
+    transport: T,
+    peer: SocketAddr,
+    connect: Box<Connect>,
+    rbuf: BytesMut,
+) -> Option<Connection<T>> {
+    let limits = broker.inner.limits.clone();
+    let version = connect.protocol;
+    let connect = *connect;
+    // Client identifier.
+    let (client_id, assigned) = if connect.client_id.is_empty() {
+        // [MQTT-3.1.3-8] 3.1.1 refuses an empty id with a persistent session; 3.1 always does.
+        if version == ProtocolVersion::V3_1
+            || (version == ProtocolVersion::V3_1_1 && !connect.clean_start)
+        {
+            refuse(
+                &transport,
+                version,
+                ReasonCode::ClientIdentifierNotValid,
+                "empty client identifier",
+            )
+            .await;
+            return None;
+        }
+        let generated = format!("starling-{:016x}", rand::random::<u64>());
+        (ByteString::from(generated), version.is_v5())
+    } else {
+        // Owned copy: never pin the read buffer for the life of the session.
+        (ByteString::from(String::from(&*connect.client_id)), false)
+    };
+    // [MQTT-4.12.0-1] no authentication method is supported yet.
+    if connect.properties.authentication_method.is_some() {
+        refuse(
+            &transport,
+            version,
+            ReasonCode::BadAuthenticationMethod,
+            "authentication method not supported",
+        )
+        .await;
+        return None;
+    }
+    if !limits.allow_anonymous && connect.username.is_none() {
+        refuse(
+            &transport,
+            version,
+            ReasonCode::NotAuthorized,
+            "anonymous access is disabled",
+        )
+        .await;
+        return None;
+    }
+    if let Some(will) = &connect.last_will {
+        if topic::validate_topic_name(&will.topic, limits.max_topic_levels).is_err() {
+            refuse(
+                &transport,
+                version,
+                ReasonCode::TopicNameInvalid,
+                "invalid will topic",
+            )
+            .await;
+            return None;
+        }
+        if will.qos > limits.maximum_qos {
+            refuse(
+                &transport,
+                version,
+                ReasonCode::QoSNotSupported,
+                "will qos not supported",
+            )
+            .await;
+            return None;
+        }
+        if will.retain && !limits.retain_available {
+            refuse(
+                &transport,
+                version,
+                ReasonCode::RetainNotSupported,
+                "retain not supported",
+            )
+            .await;
+            return None;
+        }
+    }
+    // Keep alive: MQTT 5 clients can be told a different one with Server Keep Alive.
+    let mut keep_alive = connect.keep_alive;
+    let mut server_keep_alive = None;
+    if version.is_v5() {
+        if keep_alive > limits.max_keep_alive {
+            keep_alive = limits.max_keep_alive;
+            server_keep_alive = Some(keep_alive);
+        } else if keep_alive == 0 {
+            if let Some(min_keep_alive) = limits.min_keep_alive {
+                keep_alive = min_keep_alive;
+                server_keep_alive = Some(keep_alive);
+            }
+        }
+    }
+    // Session expiry: MQTT 3.x persistent sessions last up to the configured maximum.
+    let requested_expiry = if version.is_v5() {
+        connect.properties.session_expiry_interval.unwrap_or(0)
+    } else if connect.clean_start {
+        0
+    } else {
+        u32::MAX
+    };
+    let session_expiry_secs = requested_expiry.min(limits.max_session_expiry_secs);
+
+    let registry = broker.inner.registry.clone();
+    let outcome = match registry
+        .register(client_id.clone(), connect.clean_start, version)
+        .await
+    {
+        Ok(outcome) => outcome,
+        Err(error) => {
+            tracing::error!(%client_id, %error, "session registry unavailable");
+            refuse(
+                &transport,
+                version,
+                ReasonCode::ServerUnavailable,
+                "session registry unavailable",
+            )
+            .await;
+            return None;
+        }
+    };
+    if let Some(discarded) = &outcome.discarded {
+        // Clean start replaces an existing session: take it from its connection, then drop it.
+        if discarded.is_online() {
+            broker.inner.metrics.sessions_taken_over.increment(1);
+        }
+        if let Some(old_state) = discarded.acquire(true).await {
+            discard_state(&broker.inner.router, old_state);
+        }
+        discarded.end();
+    }
+    if outcome.session_present {
+        broker
+            .inner
+            .metrics
+            .sessions_taken_over
+            .increment(u64::from(outcome.session.is_online()));
+    }
+    let Some(mut state) = outcome.session.acquire(connect.clean_start).await else {
+        refuse(
+            &transport,
+            version,
+            ReasonCode::ServerUnavailable,
+            "session unavailable, retry",
+        )
+        .await;
+        return None;
+    };
+    state.protocol = version;
+    state.session_expiry_secs = session_expiry_secs;
+
+    let mut properties = ConnAckProperties::default();
+    if version.is_v5() {
+        if session_expiry_secs != requested_expiry {
+            properties.session_expiry_interval = Some(session_expiry_secs);
+        }
+        if limits.receive_maximum != u16::MAX {
+            properties.receive_maximum = Some(limits.receive_maximum);
+        }
+        properties.maximum_packet_size = Some(limits.max_packet_size);
+        if limits.topic_alias_maximum > 0 {
+            properties.topic_alias_maximum = Some(limits.topic_alias_maximum);
+        }
+        if limits.maximum_qos < QoS::ExactlyOnce {
+            properties.maximum_qos = Some(limits.maximum_qos);
+        }
+        if !limits.retain_available {
+            properties.retain_available = Some(false);
+        }
+        if assigned {
+            properties.assigned_client_identifier = Some(client_id.clone());
+        }
+        properties.server_keep_alive = server_keep_alive;
+    }
+    let connack = Packet::ConnAck(ConnAck {
+        session_present: outcome.session_present,
+        reason_code: ReasonCode::Success,
+        properties,
+    });
+    let mut wbuf = BytesMut::new();
+    connack.encode(version, &mut wbuf);
+
+    let last_will = connect.last_will.map(|will| {
+        Box::new(LastWill {
+            topic: ByteString::from(String::from(&*will.topic)),
+            payload: bytes::Bytes::copy_from_slice(&will.payload),
+            ..will
+        })
+    });
+    tracing::debug!(%client_id, %peer, ?version, session_present = outcome.session_present, "client connected");
+    let mut connection = Connection {
+        broker,
+        transport,
+        peer,
+        handle: outcome.session,
+        state,
+        epoch: outcome.epoch,
+        version,
+        keep_alive_grace_ms: u64::from(keep_alive) * 1500,
+        rbuf,
+        wbuf,
+        client_receive_maximum: connect.properties.receive_maximum.unwrap_or(u16::MAX),
+        client_max_packet_size: connect
+            .properties
+            .maximum_packet_size
+            .map_or(usize::MAX, |size| size as usize),
+        client_topic_alias_maximum: connect.properties.topic_alias_maximum.unwrap_or(0),
+        request_problem_information: connect
+            .properties
+            .request_problem_information
+            .unwrap_or(true),
+        inbound_aliases: HashMap::new(),
+        outbound_aliases: HashMap::new(),
+        will: last_will,
+    };
+    connection.touch_keep_alive();
+    connection.resend_inflight();
+    Some(connection)
+}
+
+impl<T: Transport> Connection<T> {
+    /// Runs the session loop, then settles the session.
+    async fn run(mut self) {
+        let close = match self.process_buffered().await {
+            Ok(()) => self.event_loop().await,
+            Err(close) => close,
+        };
+        self.finish(close).await;
+    }
+
+    async fn event_loop(&mut self) -> Close {
+        loop {
+            if let Err(close) = self.flush() {
+                return close;
+            }
+            self.drain_mailbox();
+            if let Err(close) = self.flush() {
+                return close;
+            }
+            let write_pending = !self.wbuf.is_empty();
+            let read_paused = self.wbuf.len() >= MAX_PENDING_WRITE_BYTES;
+            let result = tokio::select! {
+                biased;
+                () = self.handle.notified() => self.on_notified(),
+                ready = self.transport.writable(), if write_pending => match ready {
+                    Ok(()) => Ok(()),
+                    Err(_) => Err(Close::Network),
+                },
+                ready = self.transport.readable(), if !read_paused => match ready {
+                    Ok(()) => self.on_readable().await,
+                    Err(_) => Err(Close::Network),
+                },
+            };
+            if let Err(close) = result {
+                return close;
+            }
+        }
+    }
+
+    fn on_notified(&mut self) -> Result<(), Close> {
+        match self.handle.take_control() {
+            Some(Control::Takeover { clean_start, reply }) => {
+                Err(Close::Takeover { clean_start, reply })
+            }
+            Some(Control::Kick(reason_code)) => Err(Close::Kicked(reason_code)),
+            None => Ok(()),
+        }
+    }
+
+    async fn on_readable(&mut self) -> Result<(), Close> {
+        if self.rbuf.capacity() - self.rbuf.len() < 1024 {
+            self.rbuf.reserve(4096);
+        }
+        match self.transport.try_read_buf(&mut self.rbuf) {
+            Ok(0) => return Err(Close::Network),
+            Ok(num_bytes) => {
+                self.broker
+                    .inner
+                    .metrics
+                    .bytes_received
+                    .increment(num_bytes as u64);
+                self.touch_keep_alive();
+            }
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
+            Err(_) => return Err(Close::Network),
+        }
+        self.process_buffered().await
+    }
+
+    /// Decodes and handles every complete packet in the read buffer.
+    async fn process_buffered(&mut self) -> Result<(), Close> {
+        let max_packet_size = self.broker.inner.limits.max_packet_size as usize;
+        loop {
+            match decode_packet(&mut self.rbuf, max_packet_size, Some(self.version)) {
+                Ok(Some(packet)) => self.handle_packet(packet).await?,
+                Ok(None) => break,
+                Err(error) => {
+                    self.broker.inner.metrics.protocol_errors.increment(1);
+                    tracing::debug!(client_id = %self.state.client_id, %error, "malformed packet");
+                    return Err(Close::Protocol(
+                        error.reason_code(),
+                        "malformed or invalid packet",
+                    ));
+                }
+            }
+            if self.wbuf.len() >= MAX_PENDING_WRITE_BYTES {
+                // Stop decoding until the client reads what we owe it.
+                break;
+            }
+        }
+        if self.rbuf.is_empty() {
+            // Release the buffer so an idle connection holds no read memory.
+            self.rbuf = BytesMut::new();
+        }
+        Ok(())
+    }
+
+    pub(super) fn touch_keep_alive(&self) {
+        if self.keep_alive_grace_ms == 0 {
+            return;
+        }
+        let now_ms = Instant::now()
+            .duration_since(self.broker.inner.registry.epoch())
+            .as_millis() as u64;
+        self.handle
+            .set_keep_alive_deadline_ms(now_ms + self.keep_alive_grace_ms);
+    }
+
+    /// Writes what the socket takes now; releases the buffer once empty.
+    fn flush(&mut self) -> Result<(), Close> {
+        while !self.wbuf.is_empty() {
+            match self.transport.try_write(&self.wbuf) {
+                Ok(0) => return Err(Close::Network),
+                Ok(num_bytes) => {
+                    self.broker
+                        .inner
+                        .metrics
+                        .bytes_sent
+                        .increment(num_bytes as u64);
+                    self.wbuf.advance(num_bytes);
+                }
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(_) => return Err(Close::Network),
+            }
+        }
+        self.wbuf = BytesMut::new();
+        Ok(())
+    }
+
+    /// Encodes a packet into the write buffer, honouring the client's Maximum Packet Size by
+    /// dropping the reason string and user properties first (MQTT 5.0 section 3.1.2.11.4).
+    pub(super) fn write_packet(&mut self, mut packet: Packet) {
+        // [MQTT-3.1.2-29] without Request Problem Information, only PUBLISH, CONNACK and
+        // DISCONNECT may carry a reason string or user properties.
+        if !self.request_problem_information
+            && !matches!(
+                packet,
+                Packet::Publish(_) | Packet::ConnAck(_) | Packet::Disconnect(_)
+            )
+        {
+            strip_optional_properties(&mut packet);
+        }
+        if self.version.is_v5() && packet.encoded_len(self.version) > self.client_max_packet_size {
+            strip_optional_properties(&mut packet);
+            if packet.encoded_len(self.version) > self.client_max_packet_size {
+                return;
+            }
+        }
+        packet.encode(self.version, &mut self.wbuf);
+    }
+
+    /// Sends DISCONNECT (MQTT 5 only) and what is still buffered, then closes.
+    async fn send_disconnect(&mut self, reason_code: ReasonCode, reason: Option<&'static str>) {
+        if self.version.is_v5() {
+            let mut properties = DisconnectProperties::default();
+            if let Some(reason) = reason {
+                properties.reason_string = Some(ByteString::from_static(reason));
+            }
+            self.write_packet(Packet::Disconnect(Disconnect {
+                reason_code,
+                properties,
+            }));
+        }
+        let pending = std::mem::take(&mut self.wbuf);
+        let _ = tokio::time::timeout(
+            std::time::Duration::from_secs(1),
+            write_all(&self.transport, &pending),
+        )
+        .await;
+    }
+
+    /// Settles the session after the connection loop ended.
+    async fn finish(mut self, close: Close) {
+        let client_id = self.state.client_id.clone();
+        let mut publish_will_now = true;
+        let mut takeover = None;
+        match close {
+            Close::ClientDisconnect { publish_will } => {
+                publish_will_now = publish_will;
+                let pending = std::mem::take(&mut self.wbuf);
+                let _ = write_all(&self.transport, &pending).await;
+                tracing::debug!(%client_id, publish_will, "client disconnected");
+            }
+            Close::Network => tracing::debug!(%client_id, peer = %self.peer, "connection lost"),
+            Close::Protocol(reason_code, reason) => {
+                tracing::debug!(%client_id, ?reason_code, reason, "closing connection on protocol error");
+                self.send_disconnect(reason_code, Some(reason)).await;
+            }
+            Close::Kicked(reason_code) => {
+                tracing::debug!(%client_id, ?reason_code, "closing connection");
+                self.send_disconnect(reason_code, None).await;
+            }
+            Close::Takeover { clean_start, reply } => {
+                tracing::debug!(%client_id, "session taken over");
+                self.send_disconnect(ReasonCode::SessionTakenOver, None)
+                    .await;
+                takeover = Some((clean_start, reply));
+            }
+        }
+        let now = Instant::now();
+        let will = if publish_will_now {
+            self.will.take()
+        } else {
+            None
+        };
+        let will_message = will.map(|will| {
+            let delay = will.properties.will_delay_interval.unwrap_or(0);
+            (will_to_message(*will, self.state.id, now), delay)
+        });
+        let router = self.broker.inner.router.clone();
+        let metrics = self.broker.inner.metrics.clone();
+        let Connection {
+            state,
+            handle,
+            epoch,
+            broker,
+            ..
+        } = self;
+
+        if let Some((clean_start, reply)) = takeover {
+            // The session continues on the new connection: a delayed will is cancelled unless
+            // the new connection starts clean, which ends this session [MQTT-3.1.3-9].
+            if let Some((message, delay)) = will_message {
+                if clean_start || delay == 0 {
+                    publish_will(&router, &metrics, message);
+                }
+            }
+            if let Err(state) = reply.send(state) {
+                handle.park(state);
+            }
+            return;
+        }
+        // A takeover may have raced with this close: hand the state over instead.
+        if let Some(Control::Takeover { reply, .. }) = handle.take_control() {
+            if let Some((message, 0)) = will_message {
+                publish_will(&router, &metrics, message);
+            }
+            if let Err(state) = reply.send(state) {
+                handle.park(state);
+            }
+            return;
+        }
+        let registry = broker.inner.registry.clone();
+        if state.session_expiry_secs == 0 {
+            if let Some((message, _delay)) = will_message {
+                publish_will(&router, &metrics, message);
+            }
+            handle.end();
+            discard_state(&router, state);
+            registry.session_ended(client_id, epoch);
+            return;
+        }
+        let expiry_secs = state.session_expiry_secs;
+        let expires_at = (expiry_secs != u32::MAX)
+            .then(|| now + std::time::Duration::from_secs(u64::from(expiry_secs)));
+        let mut pending_will = None;
+        if let Some((message, delay)) = will_message {
+            // The will is due when its delay or the session ends, whichever comes first.
+            let delay = delay.min(expiry_secs);
+            if delay == 0 {
+                publish_will(&router, &metrics, message);
+            } else {
+                pending_will = Some(PendingWill {
+                    message,
+                    publish_at: now + std::time::Duration::from_secs(u64::from(delay)),
+                });
+            }
+        }
+        if handle.park(state) {
+            return;
+        }
+        registry.session_offline(OfflineNotice {
+            client_id,
+            epoch,
+            expires_at,
+            will: pending_will,
+        });
+    }
+
+    /// Resends in-flight messages of a resumed session [MQTT-4.4.0-1].
+    fn resend_inflight(&mut self) {
+        if self.state.outbound.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        let outbound: Vec<_> = self.state.outbound.iter().cloned().collect();
+        for entry in outbound {
+            match entry.state {
+                OutboundState::Published => {
+                    // Already in flight: resent even if it expired meanwhile, with at least 1 s left.
+                    let expiry = entry
+                        .delivery
+                        .message
+                        .remaining_expiry(now)
+                        .unwrap_or(Some(1));
+                    let publish =
+                        self.build_publish(&entry.delivery, Some(entry.packet_id), expiry, true);
+                    self.write_packet(Packet::Publish(publish));
+                }
+                OutboundState::Released => self.write_packet(Packet::PubRel(crate::codec::Ack {
+                    packet_id: entry.packet_id,
+                    reason_code: ReasonCode::Success,
+                    properties: Default::default(),
+                })),
+            }
+        }
+    }
+}
+
+fn strip_optional_properties(packet: &mut Packet) {
+    match packet {
+        Packet::PubAck(ack) | Packet::PubRec(ack) | Packet::PubRel(ack) | Packet::PubComp(ack) => {
+            ack.properties = Default::default();
+        }
+        Packet::SubAck(suback) => suback.properties = Default::default(),
+        Packet::UnsubAck(unsuback) => unsuback.properties = Default::default(),
+        Packet::Disconnect(disconnect) => {
+            disconnect.properties.reason_string = None;
+            disconnect.properties.user_properties.clear();
+        }
+        Packet::ConnAck(connack) => {
+            connack.properties.reason_string = None;
+            connack.properties.user_properties.clear();
+        }
+        _ => {}
+    }
+}
+
+/// Builds the message a will publishes.
+fn will_to_message(will: LastWill, publisher: SessionId, now: Instant) -> Arc<Message> {
+    let properties = crate::codec::PublishProperties {
+        payload_format_indicator: will.properties.payload_format_indicator,
+        message_expiry_interval: will.properties.message_expiry_interval,
+        topic_alias: None,
+        response_topic: will.properties.response_topic,
+        correlation_data: will.properties.correlation_data,
+        user_properties: will.properties.user_properties,
+        subscription_identifiers: Vec::new(),
+        content_type: will.properties.content_type,
+    };
+    let expires_at = properties
+        .message_expiry_interval
+        .map(|secs| now + std::time::Duration::from_secs(u64::from(secs)));
+    Arc::new(Message {
+        topic: will.topic,
+        payload: will.payload,
+        qos: will.qos,
+        retain: will.retain,
+        properties,
+        expires_at,
+        publisher,
+    })
+}

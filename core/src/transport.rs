@@ -1,0 +1,38 @@
+//! The byte transport a connection task drives: readiness-based, so an idle connection holds
+//! no read or write buffer.
+
+use std::{future::Future, io};
+
+use bytes::BytesMut;
+use tokio::net::TcpStream;
+
+/// A full-duplex byte stream with readiness notifications (plain TCP today; TLS and WebSocket
+/// adapters implement the same contract).
+pub trait Transport: Send + Sync + 'static {
+    /// Waits until a read may make progress.
+    fn readable(&self) -> impl Future<Output = io::Result<()>> + Send;
+    /// Waits until a write may make progress.
+    fn writable(&self) -> impl Future<Output = io::Result<()>> + Send;
+    /// Reads what is available without waiting; `WouldBlock` when nothing is.
+    fn try_read_buf(&self, buf: &mut BytesMut) -> io::Result<usize>;
+    /// Writes what fits without waiting; `WouldBlock` when nothing does.
+    fn try_write(&self, buf: &[u8]) -> io::Result<usize>;
+}
+
+impl Transport for TcpStream {
+    fn readable(&self) -> impl Future<Output = io::Result<()>> + Send {
+        TcpStream::readable(self)
+    }
+
+    fn writable(&self) -> impl Future<Output = io::Result<()>> + Send {
+        TcpStream::writable(self)
+    }
+
+    fn try_read_buf(&self, buf: &mut BytesMut) -> io::Result<usize> {
+        TcpStream::try_read_buf(self, buf)
+    }
+
+    fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
+        TcpStream::try_write(self, buf)
+    }
+}

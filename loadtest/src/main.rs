@@ -1,0 +1,3 @@
+//! The `swarm` load tester.
+
+fn main() {}

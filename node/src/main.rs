@@ -1,0 +1,113 @@
+//! The `starling` binary: `starling [serve] [--config FILE]`, `starling config default`.
+
+use std::{collections::HashMap, io::Write, path::PathBuf};
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use starling_node::{
+    config::LogFormat, load_node_config, start_node, NodeConfig, DEFAULT_CONFIG_TOML,
+};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(
+    name = "starling",
+    version,
+    about = "Starling: a clustered MQTT 3.1/3.1.1/5.0 broker"
+)]
+struct Cli {
+    /// Configuration file (TOML); without it the embedded defaults apply.
+    #[arg(long, short, global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Starts the broker (the default).
+    Serve,
+    /// Configuration helpers.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Prints the embedded default configuration.
+    Default,
+    /// Validates a configuration file and the environment overrides, then exits.
+    Check,
+}
+
+fn load(cli: &Cli) -> anyhow::Result<NodeConfig> {
+    let env_vars: HashMap<String, String> = std::env::vars()
+        .filter(|(key, _)| key.starts_with("STARLING_") || key == "HOSTNAME")
+        .collect();
+    match &cli.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read configuration file {}", path.display()))?;
+            load_node_config(&text, &path.display().to_string(), &env_vars)
+        }
+        None => load_node_config(DEFAULT_CONFIG_TOML, "embedded defaults", &env_vars),
+    }
+}
+
+fn init_tracing(config: &NodeConfig) {
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log_level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match config.log_format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match &cli.command {
+        Some(Command::Config {
+            command: ConfigCommand::Default,
+        }) => {
+            std::io::stdout().write_all(DEFAULT_CONFIG_TOML.as_bytes())?;
+            Ok(())
+        }
+        Some(Command::Config {
+            command: ConfigCommand::Check,
+        }) => {
+            let config = load(&cli)?;
+            writeln!(
+                std::io::stdout(),
+                "configuration is valid: mqtt listener {}",
+                config.tcp_listen
+            )?;
+            Ok(())
+        }
+        Some(Command::Serve) | None => {
+            let config = load(&cli)?;
+            init_tracing(&config);
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(serve(config))
+        }
+    }
+}
+
+async fn serve(config: NodeConfig) -> anyhow::Result<()> {
+    tracing::info!(node_id = %config.node_id, data_dir = %config.data_dir.display(), listen = %config.tcp_listen, "starting starling");
+    let node = start_node(config).await?;
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("cannot install SIGTERM handler")?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+        _ = sigterm.recv() => tracing::info!("SIGTERM received"),
+    }
+    node.shutdown().await;
+    Ok(())
+}
