@@ -117,14 +117,14 @@ impl PeerServer {
     /// Checks a `Hello` and builds the answer describing this node.
     fn answer_hello(&self, hello: &HelloRequest) -> Result<HelloResponse, PeerServiceError> {
         self.check_node_id(&hello.node_id, hello.incarnation)?;
-        if !(hello.cluster_name == self.cluster_name) {
+        if hello.cluster_name != self.cluster_name {
             return Err(PeerServiceError::ClusterNameMismatch {
                 expected: self.cluster_name.clone(),
                 received: hello.cluster_name.clone(),
             });
         }
         // Newer peers talk down to us; the caller uses the lower of both versions.
-        if !(hello.protocol_version >= MIN_PEER_PROTOCOL_VERSION) {
+        if hello.protocol_version < MIN_PEER_PROTOCOL_VERSION {
             return Err(PeerServiceError::UnsupportedProtocolVersion {
                 received: hello.protocol_version,
                 min: MIN_PEER_PROTOCOL_VERSION,
@@ -298,6 +298,9 @@ mod tests {
         }
     }
 
+    /// Edits a valid `Hello` into one case of a test table.
+    type HelloEdit = fn(&mut HelloRequest);
+
     fn peer_server_for_test() -> PeerServer {
         PeerServer::new(&ClusterConfig::for_test(), 100)
     }
@@ -323,7 +326,7 @@ mod tests {
 
     #[test]
     fn refused_hellos_map_to_one_status_code_each() {
-        let table: [(fn(&mut HelloRequest), tonic::Code); 5] = [
+        let table: [(HelloEdit, tonic::Code); 5] = [
             (|hello| hello.node_id.clear(), tonic::Code::InvalidArgument),
             (
                 |hello| hello.cluster_name = "other".to_owned(),

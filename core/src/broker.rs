@@ -102,21 +102,8 @@ impl Broker {
 
     /// Publishes a message as the broker itself (retained handling, then routing); returns the
     /// number of sessions it was queued for.
-    ///
-    /// # Errors
-    /// Returns an error if the retained update fails.
-    pub async fn publish(
-        &self,
-        message: Arc<Message>,
-    ) -> Result<usize, crate::router::RouterError> {
-        if message.retain {
-            let retained = (!message.payload.is_empty()).then(|| message.clone());
-            self.inner
-                .router
-                .set_retained(message.topic.clone(), retained)
-                .await?;
-        }
-        Ok(self.inner.router.route(&message))
+    pub fn publish(&self, message: Arc<Message>) -> usize {
+        self.inner.router.publish(&message)
     }
 
     /// Accepts MQTT connections on `listener` until `shutdown` is cancelled.

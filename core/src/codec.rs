@@ -151,6 +151,10 @@ pub fn decode_packet(
     if frame_len > max_packet_size {
         return Err(DecodeError::PacketTooLarge { size: frame_len });
     }
+    // [MQTT-3.1.0-1] nothing is reserved for a first packet that is not CONNECT.
+    if version.is_none() && header.packet_type() != PacketType::Connect {
+        return Err(DecodeError::Protocol("first packet must be CONNECT"));
+    }
     if src.len() < frame_len {
         src.reserve(frame_len - src.len());
         return Ok(None);

@@ -109,22 +109,20 @@ pub(crate) struct RegistryShardState {
 /// Publishes a will: retained update (if flagged) then routing.
 pub(crate) fn publish_will(router: &Router, metrics: &BrokerMetrics, message: Arc<Message>) {
     metrics.wills_published.increment(1);
-    if message.retain {
-        let retained = (!message.payload.is_empty()).then(|| message.clone());
-        router.set_retained_nowait(message.topic.clone(), retained);
-    }
-    router.route(&message);
+    router.publish(&message);
 }
 
 fn end_session(context: &RegistryContext, handle: &SessionHandle) {
-    if let Some(state) = handle.end() {
-        discard_state(&context.router, state);
+    if let Some(mut state) = handle.end() {
+        discard_state(&context.router, &mut state);
     }
 }
 
 /// Removes the subscriptions of a session state that is being thrown away.
-pub(crate) fn discard_state(router: &Router, state: Box<SessionState>) {
-    let filters = state.subscriptions.into_iter().map(|s| s.filter);
+pub(crate) fn discard_state(router: &Router, state: &mut SessionState) {
+    let filters = std::mem::take(&mut state.subscriptions)
+        .into_iter()
+        .map(|s| s.filter);
     router.remove_session(state.id, filters);
 }
 

@@ -2,9 +2,12 @@
 //!
 //! Topics are split over `N` topic shards by the hash of their first level; filters whose first
 //! level is a wildcard live in one extra wildcard shard. Each shard is a ractor actor
-//! ([`shard::TopicShard`]) and the single writer of its table (subscriptions and retained
-//! messages); publishers read the table directly under the shard's read lock. A publish
-//! therefore touches at most two shards and never one global actor or lock.
+//! ([`shard::TopicShard`]) that owns its table: it removes the subscriptions of ended sessions,
+//! purges expired retained messages and reports the shard's gauges (and, with the cluster, will
+//! announce route changes to peers). Sessions apply their own subscribe/unsubscribe and
+//! retained writes under the shard's write lock, so a route is live before its SUBACK;
+//! publishers read under the read lock. A publish touches at most two shards and never one
+//! global actor or lock.
 
 mod retained;
 mod shard;
@@ -15,7 +18,6 @@ use std::{
     sync::Arc,
 };
 
-use bytestring::ByteString;
 use parking_lot::RwLock;
 use ractor::{Actor, ActorRef};
 use smallvec::SmallVec;
@@ -33,14 +35,6 @@ use crate::{
 pub(crate) use shard::{ShardMessage, ShardTable, TopicShard};
 pub(crate) use table::Subscriber;
 
-/// Errors of the router's actor calls.
-#[derive(Debug, thiserror::Error)]
-pub enum RouterError {
-    /// A topic shard did not answer in time or has stopped.
-    #[error("topic shard unavailable: {0}")]
-    ShardUnavailable(String),
-}
-
 struct ShardRef {
     table: Arc<RwLock<ShardTable>>,
     actor: ActorRef<ShardMessage>,
@@ -57,9 +51,6 @@ struct RouterInner {
 pub struct Router {
     inner: Arc<RouterInner>,
 }
-
-/// Timeout of calls into a topic shard.
-const SHARD_CALL_TIMEOUT_MS: u64 = 10_000;
 
 fn hash_level(level: &str) -> u64 {
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
@@ -118,51 +109,36 @@ impl Router {
 
     /// Adds a subscription; returns true if the session already had one for this filter.
     ///
-    /// # Errors
-    /// Returns [`RouterError`] if the shard does not answer.
-    pub async fn subscribe(
+    /// The write is applied at once under the shard's write lock, so the route is live before
+    /// the SUBACK leaves: a message published right after the SUBACK reaches the subscriber.
+    pub fn subscribe(
         &self,
         session: &SessionHandle,
         filter: &TopicFilter,
         options: SubscriptionOptions,
         subscription_id: u32,
-    ) -> Result<bool, RouterError> {
+    ) -> bool {
         let shard = &self.inner.shards[self.shard_for_filter(&filter.filter)];
         let subscriber = Subscriber {
             session: session.clone(),
             options,
             subscription_id,
         };
-        let filter = filter.clone();
-        ractor::call_t!(
-            shard.actor,
-            ShardMessage::Subscribe,
-            SHARD_CALL_TIMEOUT_MS,
-            filter,
-            subscriber
+        shard.table.write().subscriptions.insert(
+            &filter.filter,
+            filter.share_group.as_deref(),
+            subscriber,
         )
-        .map_err(|e| RouterError::ShardUnavailable(e.to_string()))
     }
 
     /// Removes a subscription; returns true if it existed.
-    ///
-    /// # Errors
-    /// Returns [`RouterError`] if the shard does not answer.
-    pub async fn unsubscribe(
-        &self,
-        session_id: SessionId,
-        filter: &TopicFilter,
-    ) -> Result<bool, RouterError> {
+    pub fn unsubscribe(&self, session_id: SessionId, filter: &TopicFilter) -> bool {
         let shard = &self.inner.shards[self.shard_for_filter(&filter.filter)];
-        let filter = filter.clone();
-        ractor::call_t!(
-            shard.actor,
-            ShardMessage::Unsubscribe,
-            SHARD_CALL_TIMEOUT_MS,
-            filter,
-            session_id
+        shard.table.write().subscriptions.remove(
+            &filter.filter,
+            filter.share_group.as_deref(),
+            session_id,
         )
-        .map_err(|e| RouterError::ShardUnavailable(e.to_string()))
     }
 
     /// Removes every listed subscription of an ended session (fire and forget).
@@ -189,37 +165,21 @@ impl Router {
         }
     }
 
-    /// Sets or clears the retained message of `topic` and waits until the shard applied it.
-    ///
-    /// # Errors
-    /// Returns [`RouterError`] if the shard does not answer.
-    pub async fn set_retained(
-        &self,
-        topic: ByteString,
-        message: Option<Arc<Message>>,
-    ) -> Result<(), RouterError> {
-        let shard = &self.inner.shards[self.shard_for_topic(&topic)];
-        ractor::call_t!(
-            shard.actor,
-            ShardMessage::SetRetained,
-            SHARD_CALL_TIMEOUT_MS,
-            topic,
-            message
-        )
-        .map_err(|e| RouterError::ShardUnavailable(e.to_string()))
+    /// Sets (`Some`) or clears (`None`) the retained message of `topic`, applied at once.
+    pub fn set_retained(&self, topic: &str, message: Option<Arc<Message>>) {
+        let shard = &self.inner.shards[self.shard_for_topic(topic)];
+        shard.table.write().retained.set(topic, message);
     }
 
-    /// Sets or clears a retained message without waiting (wills published by the registry).
-    pub fn set_retained_nowait(&self, topic: ByteString, message: Option<Arc<Message>>) {
-        let shard = &self.inner.shards[self.shard_for_topic(&topic)];
-        let (reply, _) = tokio::sync::oneshot::channel();
-        if let Err(error) =
-            shard
-                .actor
-                .cast(ShardMessage::SetRetained(topic, message, reply.into()))
-        {
-            tracing::error!(%error, "topic shard unavailable");
+    /// Publishes a message: updates the retained store if RETAIN is set (an empty payload
+    /// clears it [MQTT-3.3.1-6], [MQTT-3.3.1-7]), then routes it. Returns the number of
+    /// sessions it was queued for.
+    pub fn publish(&self, message: &Arc<Message>) -> usize {
+        if message.retain {
+            let retained = (!message.payload.is_empty()).then(|| message.clone());
+            self.set_retained(&message.topic, retained);
         }
+        self.route(message)
     }
 
     /// Returns the unexpired retained messages matching a (non-shared) filter.

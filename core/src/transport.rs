@@ -17,6 +17,8 @@ pub trait Transport: Send + Sync + 'static {
     fn try_read_buf(&self, buf: &mut BytesMut) -> io::Result<usize>;
     /// Writes what fits without waiting; `WouldBlock` when nothing does.
     fn try_write(&self, buf: &[u8]) -> io::Result<usize>;
+    /// Closes the write direction (TCP FIN) while reads continue.
+    fn shutdown_write(&self) -> io::Result<()>;
 }
 
 impl Transport for TcpStream {
@@ -34,5 +36,9 @@ impl Transport for TcpStream {
 
     fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
         TcpStream::try_write(self, buf)
+    }
+
+    fn shutdown_write(&self) -> io::Result<()> {
+        socket2::SockRef::from(self).shutdown(std::net::Shutdown::Write)
     }
 }

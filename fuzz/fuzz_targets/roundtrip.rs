@@ -24,7 +24,10 @@ fuzz_target!(|data: &[u8]| {
             // Only CONNECT decodes without a version, and it carries its own.
             let (encode_version, decode_version) = match &packet {
                 Packet::Connect(connect) => (connect.protocol, None),
-                _ => (version.expect("only CONNECT decodes before CONNECT"), version),
+                _ => (
+                    version.expect("only CONNECT decodes before CONNECT"),
+                    version,
+                ),
             };
             let mut encoded = BytesMut::new();
             packet.encode(encode_version, &mut encoded);

@@ -13,6 +13,11 @@ use starling_proto::cluster::v1::DeliverRequest;
 
 use super::*;
 
+/// Edits the properties of a valid publish into one case of a test table.
+type PropertiesEdit = fn(&mut PublishProperties);
+/// Edits a valid message into one case of a test table.
+type MessageEdit = fn(&mut PublishMessage);
+
 fn at_ms(publish_time_unix_ms: u64) -> SystemTime {
     UNIX_EPOCH + Duration::from_millis(publish_time_unix_ms)
 }
@@ -69,7 +74,7 @@ fn publish_with_every_property_round_trips_losslessly() {
 
 #[test]
 fn absent_and_empty_properties_stay_distinct() {
-    let table: [(&str, fn(&mut PublishProperties)); 5] = [
+    let table: [(&str, PropertiesEdit); 5] = [
         ("all absent", |properties| {
             *properties = PublishProperties::default()
         }),
@@ -137,7 +142,7 @@ fn publish_time_before_epoch_is_sent_as_epoch() {
 #[test]
 fn malformed_messages_are_rejected() {
     let valid_message = publish_to_message(&full_publish_for_test(), "n", at_ms(1)).unwrap();
-    let table: [(fn(&mut PublishMessage), WireError); 4] = [
+    let table: [(MessageEdit, WireError); 4] = [
         (
             |message| message.qos = 3,
             WireError::InvalidQos { value: 3 },

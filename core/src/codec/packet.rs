@@ -35,15 +35,15 @@ impl Packet {
         let mut src = frame;
         let flags = header.flags();
         let packet_type = header.packet_type();
-        let packet = match (version, packet_type) {
-            (None, PacketType::Connect) => {
+        let packet = match version {
+            None => {
+                // [MQTT-3.1.0-1] the first packet from the client must be CONNECT.
+                if packet_type != PacketType::Connect {
+                    return Err(DecodeError::Protocol("first packet must be CONNECT"));
+                }
                 Packet::Connect(Box::new(Connect::decode(&mut src, flags)?))
             }
-            // [MQTT-3.1.0-1] the first packet from the client must be CONNECT.
-            (None, _) => return Err(DecodeError::Protocol("first packet must be CONNECT")),
-            // [MQTT-3.1.0-2] a second CONNECT is a protocol violation.
-            (Some(_), PacketType::Connect) => return Err(DecodeError::Protocol("second CONNECT")),
-            (Some(version), _) => Packet::decode_after_connect(&mut src, header, version)?,
+            Some(version) => Packet::decode_after_connect(&mut src, header, version)?,
         };
         if !src.is_empty() {
             return Err(DecodeError::Malformed("bytes after the end of the packet"));
@@ -60,7 +60,8 @@ impl Packet {
         let flags = header.flags();
         let packet_type = header.packet_type();
         let packet = match packet_type {
-            PacketType::Connect => Packet::Connect(Box::new(Connect::decode(src, flags)?)),
+            // [MQTT-3.1.0-2] a second CONNECT is a protocol violation.
+            PacketType::Connect => return Err(DecodeError::Protocol("second CONNECT")),
             PacketType::ConnAck => Packet::ConnAck(ConnAck::decode(src, flags, version)?),
             PacketType::Publish => Packet::Publish(Publish::decode(src, flags, version)?),
             PacketType::PubAck => Packet::PubAck(Ack::decode(src, packet_type, version)?),
@@ -74,7 +75,7 @@ impl Packet {
             }
             PacketType::UnsubAck => Packet::UnsubAck(UnsubAck::decode(src, flags, version)?),
             PacketType::PingReq | PacketType::PingResp => {
-                // [MQTT-3.12.1] and [MQTT-3.13.1] PINGREQ and PINGRESP have no body.
+                // Sections 3.12 and 3.13: PINGREQ and PINGRESP have no body.
                 if !src.is_empty() {
                     return Err(DecodeError::Malformed("ping with a non-empty body"));
                 }
@@ -86,7 +87,7 @@ impl Packet {
             }
             PacketType::Disconnect => Packet::Disconnect(Disconnect::decode(src, flags, version)?),
             PacketType::Auth => {
-                // [MQTT-2.1.2] packet type 15 is reserved before MQTT 5.0.
+                // MQTT 3.1.1 section 2.2.1: packet type 15 is reserved.
                 if !version.is_v5() {
                     return Err(DecodeError::InvalidPacketType(PacketType::Auth.as_u8()));
                 }

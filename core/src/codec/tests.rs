@@ -2,6 +2,7 @@
 //! property-based round trips over arbitrary valid packets.
 
 mod golden;
+mod golden_acks;
 mod property_rejections;
 mod rejections;
 mod roundtrip;

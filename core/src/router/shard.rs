@@ -2,15 +2,14 @@
 
 use std::{sync::Arc, time::Duration};
 
-use bytestring::ByteString;
 use metrics::gauge;
 use parking_lot::RwLock;
-use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::time::Instant;
 
 use crate::{
-    message::{Message, SessionId},
-    router::{retained::RetainedTree, table::SubscriptionTable, Subscriber},
+    message::SessionId,
+    router::{retained::RetainedTree, table::SubscriptionTable},
     topic::TopicFilter,
 };
 
@@ -23,21 +22,14 @@ pub(crate) struct ShardTable {
 
 /// Requests to a topic shard.
 ///
-/// The mailbox is unbounded (ractor), so every sender is bounded elsewhere: sessions `call`
-/// and wait for the reply (at most one request in flight per session), and the registry sends
-/// at most one `RemoveSession` per ended session.
+/// The mailbox is unbounded (ractor), so every sender is bounded elsewhere: at most one
+/// `RemoveSession` per ended session, and one timer message per interval.
 pub(crate) enum ShardMessage {
-    /// Adds or replaces a subscription; replies whether it replaced one.
-    Subscribe(TopicFilter, Subscriber, RpcReplyPort<bool>),
-    /// Removes a subscription; replies whether it existed.
-    Unsubscribe(TopicFilter, SessionId, RpcReplyPort<bool>),
     /// Removes the subscriptions of an ended session.
     RemoveSession {
         session_id: SessionId,
         filters: Vec<TopicFilter>,
     },
-    /// Sets (`Some`) or clears (`None`) a retained message.
-    SetRetained(ByteString, Option<Arc<Message>>, RpcReplyPort<()>),
     /// Periodic housekeeping: drops expired retained messages, updates gauges.
     Housekeeping,
 }
@@ -71,22 +63,6 @@ impl Actor for TopicShard {
         table: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match message {
-            ShardMessage::Subscribe(filter, subscriber, reply) => {
-                let replaced = table.write().subscriptions.insert(
-                    &filter.filter,
-                    filter.share_group.as_deref(),
-                    subscriber,
-                );
-                let _ = reply.send(replaced);
-            }
-            ShardMessage::Unsubscribe(filter, session_id, reply) => {
-                let removed = table.write().subscriptions.remove(
-                    &filter.filter,
-                    filter.share_group.as_deref(),
-                    session_id,
-                );
-                let _ = reply.send(removed);
-            }
             ShardMessage::RemoveSession {
                 session_id,
                 filters,
@@ -99,10 +75,6 @@ impl Actor for TopicShard {
                         session_id,
                     );
                 }
-            }
-            ShardMessage::SetRetained(topic, message, reply) => {
-                table.write().retained.set(&topic, message);
-                let _ = reply.send(());
             }
             ShardMessage::Housekeeping => {
                 let mut table = table.write();

@@ -91,7 +91,7 @@ pub(crate) async fn run_connection<T: Transport>(broker: Broker, transport: T, p
                 });
                 let mut out = BytesMut::new();
                 connack.encode(ProtocolVersion::V3_1_1, &mut out);
-                let _ = write_all(&transport, &out).await;
+                linger_close(&transport, &out).await;
             }
         }
         Ok(Ok((connect, rbuf))) => {
@@ -148,6 +148,35 @@ async fn write_all<T: Transport>(transport: &T, mut buf: &[u8]) -> io::Result<()
     Ok(())
 }
 
+/// How long a closing connection keeps reading (and discarding) after its last packet.
+const LINGER: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Writes `pending`, sends FIN, then reads and discards until the client closes or `LINGER`
+/// passes. Closing with unread input would make the kernel send RST, which can destroy the
+/// DISCONNECT or CONNACK still on its way to the client.
+async fn linger_close<T: Transport>(transport: &T, pending: &[u8]) {
+    let _ = tokio::time::timeout(LINGER, async {
+        if write_all(transport, pending).await.is_err() || transport.shutdown_write().is_err() {
+            return;
+        }
+        let mut discard = BytesMut::new();
+        loop {
+            if transport.readable().await.is_err() {
+                return;
+            }
+            discard.clear();
+            discard.reserve(4096);
+            match transport.try_read_buf(&mut discard) {
+                Ok(0) => return,
+                Ok(_) => {}
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
+                Err(_) => return,
+            }
+        }
+    })
+    .await;
+}
+
 /// Refuses a CONNECT with `reason_code` and closes.
 async fn refuse<T: Transport>(
     transport: &T,
@@ -166,7 +195,7 @@ async fn refuse<T: Transport>(
     });
     let mut out = BytesMut::new();
     connack.encode(version, &mut out);
-    let _ = write_all(transport, &out).await;
+    linger_close(transport, &out).await;
 }
 
 /// Validates CONNECT, registers the client and takes its session; sends CONNACK.
@@ -301,8 +330,8 @@ async fn attach<T: Transport>(
         if discarded.is_online() {
             broker.inner.metrics.sessions_taken_over.increment(1);
         }
-        if let Some(old_state) = discarded.acquire(true).await {
-            discard_state(&broker.inner.router, old_state);
+        if let Some(mut old_state) = discarded.acquire(true).await {
+            discard_state(&broker.inner.router, &mut old_state);
         }
         discarded.end();
     }
@@ -546,8 +575,8 @@ impl<T: Transport> Connection<T> {
         packet.encode(self.version, &mut self.wbuf);
     }
 
-    /// Sends DISCONNECT (MQTT 5 only) and what is still buffered, then closes.
-    async fn send_disconnect(&mut self, reason_code: ReasonCode, reason: Option<&'static str>) {
+    /// Queues DISCONNECT (MQTT 5 only) behind what is still buffered.
+    fn queue_disconnect(&mut self, reason_code: ReasonCode, reason: Option<&'static str>) {
         if self.version.is_v5() {
             let mut properties = DisconnectProperties::default();
             if let Some(reason) = reason {
@@ -558,39 +587,35 @@ impl<T: Transport> Connection<T> {
                 properties,
             }));
         }
-        let pending = std::mem::take(&mut self.wbuf);
-        let _ = tokio::time::timeout(
-            std::time::Duration::from_secs(1),
-            write_all(&self.transport, &pending),
-        )
-        .await;
     }
 
-    /// Settles the session after the connection loop ended.
+    /// Settles the session after the connection loop ended (hand over, park or end it, and
+    /// publish or schedule the will), then closes the socket.
     async fn finish(mut self, close: Close) {
         let client_id = self.state.client_id.clone();
         let mut publish_will_now = true;
         let mut takeover = None;
+        let mut linger = true;
         match close {
             Close::ClientDisconnect { publish_will } => {
                 publish_will_now = publish_will;
-                let pending = std::mem::take(&mut self.wbuf);
-                let _ = write_all(&self.transport, &pending).await;
                 tracing::debug!(%client_id, publish_will, "client disconnected");
             }
-            Close::Network => tracing::debug!(%client_id, peer = %self.peer, "connection lost"),
+            Close::Network => {
+                linger = false;
+                tracing::debug!(%client_id, peer = %self.peer, "connection lost");
+            }
             Close::Protocol(reason_code, reason) => {
                 tracing::debug!(%client_id, ?reason_code, reason, "closing connection on protocol error");
-                self.send_disconnect(reason_code, Some(reason)).await;
+                self.queue_disconnect(reason_code, Some(reason));
             }
             Close::Kicked(reason_code) => {
                 tracing::debug!(%client_id, ?reason_code, "closing connection");
-                self.send_disconnect(reason_code, None).await;
+                self.queue_disconnect(reason_code, None);
             }
             Close::Takeover { clean_start, reply } => {
                 tracing::debug!(%client_id, "session taken over");
-                self.send_disconnect(ReasonCode::SessionTakenOver, None)
-                    .await;
+                self.queue_disconnect(ReasonCode::SessionTakenOver, None);
                 takeover = Some((clean_start, reply));
             }
         }
@@ -604,74 +629,30 @@ impl<T: Transport> Connection<T> {
             let delay = will.properties.will_delay_interval.unwrap_or(0);
             (will_to_message(*will, self.state.id, now), delay)
         });
-        let router = self.broker.inner.router.clone();
-        let metrics = self.broker.inner.metrics.clone();
         let Connection {
             state,
             handle,
             epoch,
             broker,
+            transport,
+            wbuf,
             ..
         } = self;
-
-        if let Some((clean_start, reply)) = takeover {
-            // The session continues on the new connection: a delayed will is cancelled unless
-            // the new connection starts clean, which ends this session [MQTT-3.1.3-9].
-            if let Some((message, delay)) = will_message {
-                if clean_start || delay == 0 {
-                    publish_will(&router, &metrics, message);
-                }
-            }
-            if let Err(state) = reply.send(state) {
-                handle.park(state);
-            }
-            return;
-        }
-        // A takeover may have raced with this close: hand the state over instead.
-        if let Some(Control::Takeover { reply, .. }) = handle.take_control() {
-            if let Some((message, 0)) = will_message {
-                publish_will(&router, &metrics, message);
-            }
-            if let Err(state) = reply.send(state) {
-                handle.park(state);
-            }
-            return;
-        }
-        let registry = broker.inner.registry.clone();
-        if state.session_expiry_secs == 0 {
-            if let Some((message, _delay)) = will_message {
-                publish_will(&router, &metrics, message);
-            }
-            handle.end();
-            discard_state(&router, state);
-            registry.session_ended(client_id, epoch);
-            return;
-        }
-        let expiry_secs = state.session_expiry_secs;
-        let expires_at = (expiry_secs != u32::MAX)
-            .then(|| now + std::time::Duration::from_secs(u64::from(expiry_secs)));
-        let mut pending_will = None;
-        if let Some((message, delay)) = will_message {
-            // The will is due when its delay or the session ends, whichever comes first.
-            let delay = delay.min(expiry_secs);
-            if delay == 0 {
-                publish_will(&router, &metrics, message);
-            } else {
-                pending_will = Some(PendingWill {
-                    message,
-                    publish_at: now + std::time::Duration::from_secs(u64::from(delay)),
-                });
-            }
-        }
-        if handle.park(state) {
-            return;
-        }
-        registry.session_offline(OfflineNotice {
+        // The session is settled before the socket lingers, so a taking-over connection never
+        // waits for the old client to read its DISCONNECT.
+        settle_session(
+            &broker,
             client_id,
+            state,
+            &handle,
             epoch,
-            expires_at,
-            will: pending_will,
-        });
+            will_message,
+            takeover,
+            now,
+        );
+        if linger {
+            linger_close(&transport, &wbuf).await;
+        }
     }
 
     /// Resends in-flight messages of a resumed session [MQTT-4.4.0-1].
@@ -747,4 +728,79 @@ fn will_to_message(will: LastWill, publisher: SessionId, now: Instant) -> Arc<Me
         expires_at,
         publisher,
     })
+}
+
+/// Hands the session to a taking-over connection, ends it, or parks it with its expiry and
+/// pending will registered.
+#[allow(clippy::too_many_arguments)]
+fn settle_session(
+    broker: &Broker,
+    client_id: ByteString,
+    mut state: Box<SessionState>,
+    handle: &SessionHandle,
+    epoch: u64,
+    will_message: Option<(Arc<Message>, u32)>,
+    takeover: Option<(bool, oneshot::Sender<Box<SessionState>>)>,
+    now: Instant,
+) {
+    let router = &broker.inner.router;
+    let metrics = &broker.inner.metrics;
+    if let Some((clean_start, reply)) = takeover {
+        // The session continues on the new connection: a delayed will is cancelled unless
+        // the new connection starts clean, which ends this session [MQTT-3.1.3-9].
+        if let Some((message, delay)) = will_message {
+            if clean_start || delay == 0 {
+                publish_will(router, metrics, message);
+            }
+        }
+        if let Err(state) = reply.send(state) {
+            handle.park(state);
+        }
+        return;
+    }
+    // A takeover may have raced with this close: hand the state over instead.
+    if let Some(Control::Takeover { reply, .. }) = handle.take_control() {
+        if let Some((message, 0)) = will_message {
+            publish_will(router, metrics, message);
+        }
+        if let Err(state) = reply.send(state) {
+            handle.park(state);
+        }
+        return;
+    }
+    let registry = broker.inner.registry.clone();
+    if state.session_expiry_secs == 0 {
+        if let Some((message, _delay)) = will_message {
+            publish_will(router, metrics, message);
+        }
+        handle.end();
+        discard_state(router, &mut state);
+        registry.session_ended(client_id, epoch);
+        return;
+    }
+    let expiry_secs = state.session_expiry_secs;
+    let expires_at = (expiry_secs != u32::MAX)
+        .then(|| now + std::time::Duration::from_secs(u64::from(expiry_secs)));
+    let mut pending_will = None;
+    if let Some((message, delay)) = will_message {
+        // The will is due when its delay or the session ends, whichever comes first.
+        let delay = delay.min(expiry_secs);
+        if delay == 0 {
+            publish_will(router, metrics, message);
+        } else {
+            pending_will = Some(PendingWill {
+                message,
+                publish_at: now + std::time::Duration::from_secs(u64::from(delay)),
+            });
+        }
+    }
+    if handle.park(state) {
+        return;
+    }
+    registry.session_offline(OfflineNotice {
+        client_id,
+        epoch,
+        expires_at,
+        will: pending_will,
+    });
 }

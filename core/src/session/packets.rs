@@ -185,24 +185,7 @@ impl<T: Transport> Connection<T> {
             expires_at,
             publisher: self.state.id,
         });
-        if message.retain {
-            // [MQTT-3.3.1-6], [MQTT-3.3.1-7] an empty retained payload clears the retained message.
-            let retained = (!message.payload.is_empty()).then(|| message.clone());
-            if let Err(error) = self
-                .broker
-                .inner
-                .router
-                .set_retained(message.topic.clone(), retained)
-                .await
-            {
-                tracing::error!(%error, "retained update failed");
-                return Err(Close::Protocol(
-                    ReasonCode::ImplementationSpecificError,
-                    "retained store unavailable",
-                ));
-            }
-        }
-        let num_queued = self.broker.inner.router.route(&message);
+        let num_queued = self.broker.inner.router.publish(&message);
         let reason_code = if num_queued == 0 && self.version.is_v5() {
             ReasonCode::NoMatchingSubscribers
         } else {
@@ -300,20 +283,11 @@ impl<T: Transport> Connection<T> {
                 qos: options.qos.min(limits.maximum_qos),
                 ..options
             };
-            let existed = match self
-                .broker
-                .inner
-                .router
-                .subscribe(&self.handle, &filter, granted, subscription_id)
-                .await
-            {
-                Ok(existed) => existed,
-                Err(error) => {
-                    tracing::error!(%error, "subscribe failed");
-                    reason_codes.push(ReasonCode::ImplementationSpecificError);
-                    continue;
-                }
-            };
+            let existed =
+                self.broker
+                    .inner
+                    .router
+                    .subscribe(&self.handle, &filter, granted, subscription_id);
             let owned_raw = ByteString::from(String::from(&*raw_filter));
             let owned_filter = TopicFilter {
                 filter: ByteString::from(String::from(&*filter.filter)),
@@ -387,20 +361,7 @@ impl<T: Transport> Connection<T> {
                 reason_codes.push(ReasonCode::TopicFilterInvalid);
                 continue;
             };
-            let existed = match self
-                .broker
-                .inner
-                .router
-                .unsubscribe(self.state.id, &filter)
-                .await
-            {
-                Ok(existed) => existed,
-                Err(error) => {
-                    tracing::error!(%error, "unsubscribe failed");
-                    reason_codes.push(ReasonCode::ImplementationSpecificError);
-                    continue;
-                }
-            };
+            let existed = self.broker.inner.router.unsubscribe(self.state.id, &filter);
             self.state
                 .subscriptions
                 .retain(|s| s.raw_filter != raw_filter);

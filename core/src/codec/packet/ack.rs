@@ -49,7 +49,7 @@ impl Ack {
         let reason_code = ReasonCode::from_u8(code)
             .filter(|&reason_code| is_ack_reason_code(packet_type, reason_code))
             .ok_or(DecodeError::InvalidReasonCode(code))?;
-        // [MQTT-3.4.2.2.1] with a remaining length below 4 there is no Property Length.
+        // Section 3.4.2.2.1: with a remaining length below 4 there is no Property Length.
         let properties = if src.is_empty() {
             AckProperties::default()
         } else {

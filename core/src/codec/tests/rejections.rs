@@ -110,6 +110,15 @@ fn first_packet_must_be_connect_and_only_once() {
         None,
         DecodeError::Protocol("first packet must be CONNECT"),
     );
+    // Rejected from the fixed header alone, before the body is reserved.
+    let mut src = BytesMut::with_capacity(2);
+    src.extend_from_slice(&[0x30, 0x7F]);
+    let capacity_before = src.capacity();
+    assert_eq!(
+        decode_packet(&mut src, MAX_PACKET_SIZE, None),
+        Err(DecodeError::Protocol("first packet must be CONNECT"))
+    );
+    assert_eq!(src.capacity(), capacity_before);
     let connect = [
         0x10, 0x0C, 0x00, 0x04, b'M', b'Q', b'T', b'T', 0x04, 0x02, 0x00, 0x00, 0x00, 0x00,
     ];
