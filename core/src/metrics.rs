@@ -5,13 +5,112 @@
 
 use metrics::{counter, gauge, Counter, Gauge};
 
+use crate::codec::ReasonCode;
+
+/// Why a connection closed: the `reason` label of `starling_connections_closed_total`.
+///
+/// A fixed set, so the label's cardinality is bounded; each value names the reason code the
+/// broker sent or received where there is one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// No CONNECT within `mqtt.connect_timeout_ms`.
+    ConnectTimeout,
+    /// The first packet was not a valid CONNECT.
+    ConnectInvalid,
+    /// CONNECT was refused with a CONNACK error (authentication, client id, will, registry).
+    ConnectRefused,
+    /// The client sent DISCONNECT 0x00 (or another non-will reason code).
+    ClientDisconnect,
+    /// The client sent DISCONNECT 0x04 Disconnect with Will Message.
+    ClientDisconnectWithWill,
+    /// EOF or a socket error without DISCONNECT.
+    ConnectionLost,
+    /// The client broke the protocol (malformed packet, 0x82, 0x93, 0x94, 0x95, ...).
+    ProtocolError,
+    /// The broker closed a silent client: 0x8D Keep Alive timeout.
+    KeepAliveTimeout,
+    /// The broker is shutting down: 0x8B.
+    ServerShuttingDown,
+    /// An operator kicked the client: 0x98 Administrative action.
+    AdministrativeAction,
+    /// Another connection took the session over: 0x8E.
+    SessionTakenOver,
+    /// The broker closed the connection with another reason code.
+    OtherServerReason,
+}
+
+impl CloseReason {
+    /// Every reason, in label order.
+    pub const ALL: [CloseReason; 12] = [
+        CloseReason::ConnectTimeout,
+        CloseReason::ConnectInvalid,
+        CloseReason::ConnectRefused,
+        CloseReason::ClientDisconnect,
+        CloseReason::ClientDisconnectWithWill,
+        CloseReason::ConnectionLost,
+        CloseReason::ProtocolError,
+        CloseReason::KeepAliveTimeout,
+        CloseReason::ServerShuttingDown,
+        CloseReason::AdministrativeAction,
+        CloseReason::SessionTakenOver,
+        CloseReason::OtherServerReason,
+    ];
+
+    /// Returns the label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            CloseReason::ConnectTimeout => "connect_timeout",
+            CloseReason::ConnectInvalid => "connect_invalid",
+            CloseReason::ConnectRefused => "connect_refused",
+            CloseReason::ClientDisconnect => "client_disconnect",
+            CloseReason::ClientDisconnectWithWill => "client_disconnect_with_will",
+            CloseReason::ConnectionLost => "connection_lost",
+            CloseReason::ProtocolError => "protocol_error",
+            CloseReason::KeepAliveTimeout => "keep_alive_timeout",
+            CloseReason::ServerShuttingDown => "server_shutting_down",
+            CloseReason::AdministrativeAction => "administrative_action",
+            CloseReason::SessionTakenOver => "session_taken_over",
+            CloseReason::OtherServerReason => "other_server_reason",
+        }
+    }
+
+    /// Classifies a close the broker decided with `reason_code` (keep alive, shutdown, kick).
+    pub fn from_server_reason_code(reason_code: ReasonCode) -> CloseReason {
+        match reason_code {
+            ReasonCode::KeepAliveTimeout => CloseReason::KeepAliveTimeout,
+            ReasonCode::ServerShuttingDown => CloseReason::ServerShuttingDown,
+            ReasonCode::AdministrativeAction => CloseReason::AdministrativeAction,
+            ReasonCode::SessionTakenOver => CloseReason::SessionTakenOver,
+            _ => CloseReason::OtherServerReason,
+        }
+    }
+}
+
+/// `starling_connections_closed_total{reason}`: one pre-registered counter per [`CloseReason`],
+/// so every series exists (at 0) from the start.
+#[derive(Clone)]
+pub struct ClosedConnectionCounters([Counter; CloseReason::ALL.len()]);
+
+impl ClosedConnectionCounters {
+    fn register() -> ClosedConnectionCounters {
+        ClosedConnectionCounters(CloseReason::ALL.map(
+            |reason| counter!("starling_connections_closed_total", "reason" => reason.label()),
+        ))
+    }
+
+    /// Counts one closed connection.
+    pub fn increment(&self, reason: CloseReason) {
+        self.0[reason as usize].increment(1);
+    }
+}
+
 /// Counters and gauges the connection tasks, the router and the registry update.
 #[derive(Clone)]
 pub struct BrokerMetrics {
     /// `starling_connections_opened_total`.
     pub connections_opened: Counter,
-    /// `starling_connections_closed_total` (all reasons).
-    pub connections_closed: Counter,
+    /// `starling_connections_closed_total{reason}`.
+    pub connections_closed: ClosedConnectionCounters,
     /// `starling_connections_current`.
     pub connections_current: Gauge,
     /// `starling_protocol_errors_total`: connections closed for malformed or illegal input.
@@ -51,7 +150,7 @@ impl BrokerMetrics {
             |reason: &'static str| counter!("starling_messages_dropped_total", "reason" => reason);
         BrokerMetrics {
             connections_opened: counter!("starling_connections_opened_total"),
-            connections_closed: counter!("starling_connections_closed_total"),
+            connections_closed: ClosedConnectionCounters::register(),
             connections_current: gauge!("starling_connections_current"),
             protocol_errors: counter!("starling_protocol_errors_total"),
             messages_received: [
@@ -75,6 +174,18 @@ impl BrokerMetrics {
             sessions_expired: counter!("starling_sessions_expired_total"),
             sessions_taken_over: counter!("starling_sessions_taken_over_total"),
             wills_published: counter!("starling_wills_published_total"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn close_reasons_index_their_counters_in_label_order() {
+        for (idx, reason) in CloseReason::ALL.iter().enumerate() {
+            assert_eq!(*reason as usize, idx, "{}", reason.label());
         }
     }
 }

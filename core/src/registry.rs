@@ -19,6 +19,13 @@ use bytestring::ByteString;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::time::Instant;
 
+mod inspect;
+
+pub use inspect::{
+    ConnectionInfo, DeleteSessionOutcome, RegistryStats, RegistryUnavailable, SessionInfo,
+    SessionQuery,
+};
+
 use crate::{
     codec::{ProtocolVersion, ReasonCode},
     message::{Message, SessionId},
@@ -77,6 +84,14 @@ pub(crate) enum RegistryMessage {
     Tick,
     KickAll(ReasonCode, RpcReplyPort<usize>),
     Count(RpcReplyPort<(usize, usize)>),
+    /// A connection finished CONNECT: its details, for operators.
+    ConnectionAttached {
+        client_id: ByteString,
+        epoch: u64,
+        info: Box<ConnectionInfo>,
+    },
+    /// An operator query (admin API, metrics, `$SYS`).
+    Admin(inspect::AdminRequest),
 }
 
 struct Entry {
@@ -85,6 +100,8 @@ struct Entry {
     online: bool,
     expires_at: Option<Instant>,
     will: Option<PendingWill>,
+    /// The latest connection's details, for operators; boxed to keep idle entries small.
+    connection: Option<Box<ConnectionInfo>>,
 }
 
 /// Shared by every registry shard.
@@ -181,6 +198,7 @@ impl Actor for RegistryShard {
                             online: true,
                             expires_at: None,
                             will: None,
+                            connection: None,
                         };
                         let discarded = match existing {
                             Some(old) => {
@@ -272,6 +290,12 @@ impl Actor for RegistryShard {
                 let num_online = state.sessions.values().filter(|entry| entry.online).count();
                 let _ = reply.send((num_online, state.sessions.len() - num_online));
             }
+            RegistryMessage::ConnectionAttached {
+                client_id,
+                epoch,
+                info,
+            } => inspect::connection_attached(state, &client_id, epoch, info),
+            RegistryMessage::Admin(request) => inspect::handle(context, state, request),
         }
         Ok(())
     }

@@ -9,6 +9,7 @@
 //! publishers read under the read lock. A publish touches at most two shards and never one
 //! global actor or lock.
 
+mod inspect;
 mod retained;
 mod shard;
 mod table;
@@ -32,6 +33,7 @@ use crate::{
     topic::TopicFilter,
 };
 
+pub use inspect::SubscriptionInfo;
 pub(crate) use shard::{ShardMessage, ShardTable, TopicShard};
 pub(crate) use table::Subscriber;
 

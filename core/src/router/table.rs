@@ -270,3 +270,76 @@ fn remove_wild(node: &mut TrieNode, levels: &[&str], session_id: SessionId) -> b
     }
     removed
 }
+
+impl SubscriptionTable {
+    /// Returns the number of shared-subscription groups (`$share/{group}/{filter}`).
+    pub(crate) fn num_shared_groups(&self) -> usize {
+        self.shared.len()
+    }
+
+    /// Returns true if a subscription (shared or not) matches `topic`; unlike
+    /// [`SubscriptionTable::for_each_shared_match`] it leaves the round-robin position alone.
+    pub(crate) fn has_match(&self, topic: &str) -> bool {
+        let mut found = false;
+        self.for_each_match(topic, |_| found = true);
+        found
+            || self
+                .shared
+                .iter()
+                .any(|group| topic::matches(&group.filter, topic))
+    }
+
+    /// Calls `f(filter, share_group, subscriber)` for every subscription in the table; for
+    /// operators (admin API), it walks the whole table.
+    pub(crate) fn for_each_subscription(&self, mut f: impl FnMut(&str, Option<&str>, &Subscriber)) {
+        for (filter, list) in &self.exact {
+            for subscriber in list {
+                f(filter, None, subscriber);
+            }
+        }
+        let mut path = String::new();
+        walk_trie(&self.wild, &mut path, true, &mut f);
+        for group in &self.shared {
+            for subscriber in &group.members {
+                f(&group.filter, Some(&group.group), subscriber);
+            }
+        }
+    }
+}
+
+/// Visits every subscriber of the trie below `node`; `path` is the filter prefix of `node`
+/// (its levels joined by `/`; `is_root` tells the empty root prefix from an empty first level).
+fn walk_trie(
+    node: &TrieNode,
+    path: &mut String,
+    is_root: bool,
+    f: &mut impl FnMut(&str, Option<&str>, &Subscriber),
+) {
+    let base_len = path.len();
+    let with_level = |path: &mut String, level: &str| {
+        path.truncate(base_len);
+        if !is_root {
+            path.push('/');
+        }
+        path.push_str(level);
+    };
+    if !node.hash.is_empty() {
+        with_level(path, "#");
+        for subscriber in &node.hash {
+            f(path, None, subscriber);
+        }
+    }
+    path.truncate(base_len);
+    for subscriber in &node.here {
+        f(path, None, subscriber);
+    }
+    for (level, child) in &node.children {
+        with_level(path, level);
+        walk_trie(child, path, false, f);
+    }
+    if let Some(plus) = &node.plus {
+        with_level(path, "+");
+        walk_trie(plus, path, false, f);
+    }
+    path.truncate(base_len);
+}

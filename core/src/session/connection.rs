@@ -14,6 +14,7 @@ use crate::{
         DisconnectProperties, LastWill, Packet, ProtocolVersion, QoS, ReasonCode,
     },
     message::{Message, SessionId},
+    metrics::CloseReason,
     registry::{discard_state, publish_will, OfflineNotice, PendingWill},
     session::{Control, OutboundState, SessionHandle, SessionState},
     topic,
@@ -72,10 +73,19 @@ pub(crate) async fn run_connection<T: Transport>(broker: Broker, transport: T, p
     metrics.connections_current.increment(1.0);
     let connect_timeout = broker.inner.limits.connect_timeout;
     let max_packet_size = broker.inner.limits.max_packet_size as usize;
-    match tokio::time::timeout(connect_timeout, read_connect(&transport, max_packet_size)).await {
-        Err(_elapsed) => tracing::debug!(%peer, "no CONNECT within the connect timeout"),
+    let close_reason = match tokio::time::timeout(
+        connect_timeout,
+        read_connect(&transport, max_packet_size),
+    )
+    .await
+    {
+        Err(_elapsed) => {
+            tracing::debug!(%peer, "no CONNECT within the connect timeout");
+            CloseReason::ConnectTimeout
+        }
         Ok(Err(ConnectReadError::Io(error))) => {
-            tracing::debug!(%peer, %error, "connection closed before CONNECT")
+            tracing::debug!(%peer, %error, "connection closed before CONNECT");
+            CloseReason::ConnectionLost
         }
         Ok(Err(ConnectReadError::Decode(error))) => {
             metrics.protocol_errors.increment(1);
@@ -93,14 +103,14 @@ pub(crate) async fn run_connection<T: Transport>(broker: Broker, transport: T, p
                 connack.encode(ProtocolVersion::V3_1_1, &mut out);
                 linger_close(&transport, &out).await;
             }
+            CloseReason::ConnectInvalid
         }
-        Ok(Ok((connect, rbuf))) => {
-            if let Some(connection) = attach(broker, transport, peer, connect, rbuf).await {
-                connection.run().await;
-            }
-        }
-    }
-    metrics.connections_closed.increment(1);
+        Ok(Ok((connect, rbuf))) => match attach(broker, transport, peer, connect, rbuf).await {
+            Some(connection) => connection.run().await,
+            None => CloseReason::ConnectRefused,
+        },
+    };
+    metrics.connections_closed.increment(close_reason);
     metrics.connections_current.decrement(1.0);
 }
 
@@ -393,7 +403,8 @@ async fn attach<T: Transport>(
             ..will
         })
     });
-    tracing::debug!(%client_id, %peer, ?version, session_present = outcome.session_present, "client connected");
+    tracing::info!(%client_id, %peer, ?version, keep_alive, session_present = outcome.session_present, "client connected");
+    registry.connection_attached(client_id.clone(), outcome.epoch, peer, version, keep_alive);
     let mut connection = Connection {
         broker,
         transport,
@@ -425,13 +436,13 @@ async fn attach<T: Transport>(
 }
 
 impl<T: Transport> Connection<T> {
-    /// Runs the session loop, then settles the session.
-    async fn run(mut self) {
+    /// Runs the session loop, then settles the session; returns why the connection closed.
+    async fn run(mut self) -> CloseReason {
         let close = match self.process_buffered().await {
             Ok(()) => self.event_loop().await,
             Err(close) => close,
         };
-        self.finish(close).await;
+        self.finish(close).await
     }
 
     async fn event_loop(&mut self) -> Close {
@@ -591,34 +602,63 @@ impl<T: Transport> Connection<T> {
 
     /// Settles the session after the connection loop ended (hand over, park or end it, and
     /// publish or schedule the will), then closes the socket.
-    async fn finish(mut self, close: Close) {
+    async fn finish(mut self, close: Close) -> CloseReason {
         let client_id = self.state.client_id.clone();
         let mut publish_will_now = true;
         let mut takeover = None;
         let mut linger = true;
-        match close {
+        // One info line per closed connection: client id, peer, reason code (None: no packet).
+        let (close_reason, reason_code, detail) = match close {
             Close::ClientDisconnect { publish_will } => {
                 publish_will_now = publish_will;
-                tracing::debug!(%client_id, publish_will, "client disconnected");
+                if publish_will {
+                    (
+                        CloseReason::ClientDisconnectWithWill,
+                        Some(ReasonCode::DisconnectWithWillMessage),
+                        "client disconnected",
+                    )
+                } else {
+                    (
+                        CloseReason::ClientDisconnect,
+                        Some(ReasonCode::NORMAL_DISCONNECTION),
+                        "client disconnected",
+                    )
+                }
             }
             Close::Network => {
                 linger = false;
-                tracing::debug!(%client_id, peer = %self.peer, "connection lost");
+                (CloseReason::ConnectionLost, None, "connection lost")
             }
             Close::Protocol(reason_code, reason) => {
-                tracing::debug!(%client_id, ?reason_code, reason, "closing connection on protocol error");
                 self.queue_disconnect(reason_code, Some(reason));
+                (CloseReason::ProtocolError, Some(reason_code), reason)
             }
             Close::Kicked(reason_code) => {
-                tracing::debug!(%client_id, ?reason_code, "closing connection");
                 self.queue_disconnect(reason_code, None);
+                (
+                    CloseReason::from_server_reason_code(reason_code),
+                    Some(reason_code),
+                    "closed by the broker",
+                )
             }
             Close::Takeover { clean_start, reply } => {
-                tracing::debug!(%client_id, "session taken over");
                 self.queue_disconnect(ReasonCode::SessionTakenOver, None);
                 takeover = Some((clean_start, reply));
+                (
+                    CloseReason::SessionTakenOver,
+                    Some(ReasonCode::SessionTakenOver),
+                    "session taken over",
+                )
             }
-        }
+        };
+        tracing::info!(
+            %client_id,
+            peer = %self.peer,
+            reason = close_reason.label(),
+            reason_code = reason_code.map(|code| format!("0x{:02X}", code.as_u8())),
+            detail,
+            "client connection closed"
+        );
         let now = Instant::now();
         let will = if publish_will_now {
             self.will.take()
@@ -653,6 +693,7 @@ impl<T: Transport> Connection<T> {
         if linger {
             linger_close(&transport, &wbuf).await;
         }
+        close_reason
     }
 
     /// Resends in-flight messages of a resumed session [MQTT-4.4.0-1].
