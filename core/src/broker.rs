@@ -122,10 +122,11 @@ impl Broker {
             };
             let _ = stream.set_nodelay(true);
             let broker = self.clone();
-            self.inner.connections.spawn(async move {
+            let fut = async move {
                 run_connection(broker, stream, peer).await;
                 drop(permit);
-            });
+            };
+            self.inner.connections.spawn(fut);
         }
     }
 

@@ -139,7 +139,7 @@ fn end_session(context: &RegistryContext, handle: &SessionHandle) {
 pub(crate) fn discard_state(router: &Router, state: &mut SessionState) {
     let filters = std::mem::take(&mut state.subscriptions)
         .into_iter()
-        .map(|s| s.filter);
+        .map(|s| s.filter());
     router.remove_session(state.id, filters);
 }
 

@@ -32,7 +32,7 @@ use crate::{
     metrics::BrokerMetrics,
 };
 
-pub(crate) use connection::run_connection;
+pub use connection::run_connection;
 pub use state::{Outbound, OutboundState, SessionState, StoredSubscription};
 
 /// The address of a session: cheap to clone, held by topic shards and the registry.

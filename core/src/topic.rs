@@ -105,6 +105,23 @@ impl TopicFilter {
         })
     }
 
+    /// Splits an already validated filter into its parts, copying them.
+    pub fn from_validated(raw: &str) -> TopicFilter {
+        let shared = raw
+            .strip_prefix("$share/")
+            .and_then(|rest| rest.split_once('/'));
+        match shared {
+            Some((group, filter)) => TopicFilter {
+                filter: ByteString::from(filter),
+                share_group: Some(ByteString::from(group)),
+            },
+            None => TopicFilter {
+                filter: ByteString::from(raw),
+                share_group: None,
+            },
+        }
+    }
+
     /// Returns true for a `$share/...` subscription.
     pub fn is_shared(&self) -> bool {
         self.share_group.is_some()

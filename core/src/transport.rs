@@ -4,11 +4,16 @@
 use std::{future::Future, io};
 
 use bytes::BytesMut;
-use tokio::net::TcpStream;
+use tokio::{
+    io::{Interest, Ready},
+    net::TcpStream,
+};
 
 /// A full-duplex byte stream with readiness notifications (plain TCP today; TLS and WebSocket
 /// adapters implement the same contract).
 pub trait Transport: Send + Sync + 'static {
+    /// Waits until the stream is ready for any of `interest`.
+    fn ready(&self, interest: Interest) -> impl Future<Output = io::Result<Ready>> + Send;
     /// Waits until a read may make progress.
     fn readable(&self) -> impl Future<Output = io::Result<()>> + Send;
     /// Waits until a write may make progress.
@@ -22,6 +27,10 @@ pub trait Transport: Send + Sync + 'static {
 }
 
 impl Transport for TcpStream {
+    fn ready(&self, interest: Interest) -> impl Future<Output = io::Result<Ready>> + Send {
+        TcpStream::ready(self, interest)
+    }
+
     fn readable(&self) -> impl Future<Output = io::Result<()>> + Send {
         TcpStream::readable(self)
     }

@@ -5,7 +5,7 @@ use std::{collections::HashMap, io, net::SocketAddr, sync::Arc};
 
 use bytes::{Buf, BytesMut};
 use bytestring::ByteString;
-use tokio::{sync::oneshot, time::Instant};
+use tokio::{io::Interest, sync::oneshot, time::Instant};
 
 use crate::{
     broker::Broker,
@@ -61,22 +61,35 @@ pub(super) struct Connection<T> {
     pub(super) client_max_packet_size: usize,
     pub(super) client_topic_alias_maximum: u16,
     pub(super) request_problem_information: bool,
-    pub(super) inbound_aliases: HashMap<u16, ByteString>,
-    pub(super) outbound_aliases: HashMap<ByteString, u16>,
+    /// Topic aliases of this connection, allocated on first use.
+    pub(super) aliases: Option<Box<TopicAliases>>,
     pub(super) will: Option<Box<LastWill>>,
 }
 
+/// Topic aliases of one connection, in both directions.
+#[derive(Default)]
+pub(super) struct TopicAliases {
+    /// Aliases the client defined for its PUBLISH packets.
+    pub(super) inbound: HashMap<u16, ByteString>,
+    /// Aliases the broker assigned, up to the client's Topic Alias Maximum.
+    pub(super) outbound: HashMap<ByteString, u16>,
+}
+
 /// Runs one client connection from accept to close.
-pub(crate) async fn run_connection<T: Transport>(broker: Broker, transport: T, peer: SocketAddr) {
-    let metrics = broker.inner.metrics.clone();
-    metrics.connections_opened.increment(1);
-    metrics.connections_current.increment(1.0);
+pub async fn run_connection<T: Transport>(broker: Broker, transport: T, peer: SocketAddr) {
+    // Only an `Arc` is kept across the awaits: a clone of the metrics handles would cost every
+    // idle connection their size.
+    let inner = broker.inner.clone();
+    inner.metrics.connections_opened.increment(1);
+    inner.metrics.connections_current.increment(1.0);
     let connect_timeout = broker.inner.limits.connect_timeout;
     let max_packet_size = broker.inner.limits.max_packet_size as usize;
-    let close_reason = match tokio::time::timeout(
+    // The connect phase and the close are boxed: their futures are large and short-lived, and
+    // inlined they would size the task of every idle connection.
+    let close_reason = match Box::pin(tokio::time::timeout(
         connect_timeout,
         read_connect(&transport, max_packet_size),
-    )
+    ))
     .await
     {
         Err(_elapsed) => {
@@ -88,7 +101,7 @@ pub(crate) async fn run_connection<T: Transport>(broker: Broker, transport: T, p
             CloseReason::ConnectionLost
         }
         Ok(Err(ConnectReadError::Decode(error))) => {
-            metrics.protocol_errors.increment(1);
+            inner.metrics.protocol_errors.increment(1);
             tracing::debug!(%peer, %error, "invalid CONNECT");
             if let DecodeError::UnsupportedProtocolVersion(_) | DecodeError::InvalidProtocolName =
                 error
@@ -101,17 +114,19 @@ pub(crate) async fn run_connection<T: Transport>(broker: Broker, transport: T, p
                 });
                 let mut out = BytesMut::new();
                 connack.encode(ProtocolVersion::V3_1_1, &mut out);
-                linger_close(&transport, &out).await;
+                Box::pin(linger_close(&transport, &out)).await;
             }
             CloseReason::ConnectInvalid
         }
-        Ok(Ok((connect, rbuf))) => match attach(broker, transport, peer, connect, rbuf).await {
-            Some(connection) => connection.run().await,
-            None => CloseReason::ConnectRefused,
-        },
+        Ok(Ok((connect, rbuf))) => {
+            match Box::pin(attach(broker, transport, peer, connect, rbuf)).await {
+                Some(connection) => connection.run().await,
+                None => CloseReason::ConnectRefused,
+            }
+        }
     };
-    metrics.connections_closed.increment(close_reason);
-    metrics.connections_current.decrement(1.0);
+    inner.metrics.connections_closed.increment(close_reason);
+    inner.metrics.connections_current.decrement(1.0);
 }
 
 enum ConnectReadError {
@@ -215,7 +230,7 @@ async fn attach<T: Transport>(
     peer: SocketAddr,
     connect: Box<Connect>,
     rbuf: BytesMut,
-) -> Option<Connection<T>> {
+) -> Option<Box<Connection<T>>> {
     let limits = broker.inner.limits.clone();
     let version = connect.protocol;
     let connect = *connect;
@@ -426,23 +441,22 @@ async fn attach<T: Transport>(
             .properties
             .request_problem_information
             .unwrap_or(true),
-        inbound_aliases: HashMap::new(),
-        outbound_aliases: HashMap::new(),
+        aliases: None,
         will: last_will,
     };
     connection.touch_keep_alive();
     connection.resend_inflight();
-    Some(connection)
+    Some(Box::new(connection))
 }
 
 impl<T: Transport> Connection<T> {
     /// Runs the session loop, then settles the session; returns why the connection closed.
-    async fn run(mut self) -> CloseReason {
-        let close = match self.process_buffered().await {
+    async fn run(mut self: Box<Self>) -> CloseReason {
+        let close = match self.process_buffered() {
             Ok(()) => self.event_loop().await,
             Err(close) => close,
         };
-        self.finish(close).await
+        Box::pin(self.finish(close)).await
     }
 
     async fn event_loop(&mut self) -> Close {
@@ -454,17 +468,20 @@ impl<T: Transport> Connection<T> {
             if let Err(close) = self.flush() {
                 return close;
             }
-            let write_pending = !self.wbuf.is_empty();
-            let read_paused = self.wbuf.len() >= MAX_PENDING_WRITE_BYTES;
+            // One readiness future for both directions keeps the idle task small.
+            let mut interest = None;
+            if self.wbuf.len() < MAX_PENDING_WRITE_BYTES {
+                interest = Some(Interest::READABLE);
+            }
+            if !self.wbuf.is_empty() {
+                interest = Some(interest.map_or(Interest::WRITABLE, |i| i | Interest::WRITABLE));
+            }
             let result = tokio::select! {
                 biased;
                 () = self.handle.notified() => self.on_notified(),
-                ready = self.transport.writable(), if write_pending => match ready {
-                    Ok(()) => Ok(()),
-                    Err(_) => Err(Close::Network),
-                },
-                ready = self.transport.readable(), if !read_paused => match ready {
-                    Ok(()) => self.on_readable().await,
+                ready = self.transport.ready(interest.unwrap_or(Interest::READABLE)), if interest.is_some() => match ready {
+                    Ok(ready) if ready.is_readable() || ready.is_read_closed() => self.on_readable(),
+                    Ok(_) => Ok(()),
                     Err(_) => Err(Close::Network),
                 },
             };
@@ -484,7 +501,7 @@ impl<T: Transport> Connection<T> {
         }
     }
 
-    async fn on_readable(&mut self) -> Result<(), Close> {
+    fn on_readable(&mut self) -> Result<(), Close> {
         if self.rbuf.capacity() - self.rbuf.len() < 1024 {
             self.rbuf.reserve(4096);
         }
@@ -501,15 +518,15 @@ impl<T: Transport> Connection<T> {
             Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
             Err(_) => return Err(Close::Network),
         }
-        self.process_buffered().await
+        self.process_buffered()
     }
 
     /// Decodes and handles every complete packet in the read buffer.
-    async fn process_buffered(&mut self) -> Result<(), Close> {
+    fn process_buffered(&mut self) -> Result<(), Close> {
         let max_packet_size = self.broker.inner.limits.max_packet_size as usize;
         loop {
             match decode_packet(&mut self.rbuf, max_packet_size, Some(self.version)) {
-                Ok(Some(packet)) => self.handle_packet(packet).await?,
+                Ok(Some(packet)) => self.handle_packet(packet)?,
                 Ok(None) => break,
                 Err(error) => {
                     self.broker.inner.metrics.protocol_errors.increment(1);

@@ -37,9 +37,9 @@ fn ack(packet_id: PacketId, reason_code: ReasonCode) -> Ack {
 }
 
 impl<T: Transport> Connection<T> {
-    pub(super) async fn handle_packet(&mut self, packet: Packet) -> Result<(), Close> {
+    pub(super) fn handle_packet(&mut self, packet: Packet) -> Result<(), Close> {
         match packet {
-            Packet::Publish(publish) => self.on_publish(publish).await,
+            Packet::Publish(publish) => self.on_publish(publish),
             Packet::PubAck(ack) => {
                 self.on_puback(ack.packet_id);
                 Ok(())
@@ -66,8 +66,8 @@ impl<T: Transport> Connection<T> {
                 self.write_packet(Packet::PubComp(self::ack(ack.packet_id, reason_code)));
                 Ok(())
             }
-            Packet::Subscribe(subscribe) => self.on_subscribe(subscribe).await,
-            Packet::Unsubscribe(unsubscribe) => self.on_unsubscribe(unsubscribe).await,
+            Packet::Subscribe(subscribe) => self.on_subscribe(subscribe),
+            Packet::Unsubscribe(unsubscribe) => self.on_unsubscribe(unsubscribe),
             Packet::PingReq => {
                 self.write_packet(Packet::PingResp);
                 Ok(())
@@ -101,7 +101,7 @@ impl<T: Transport> Connection<T> {
         }
     }
 
-    async fn on_publish(&mut self, mut publish: Publish) -> Result<(), Close> {
+    fn on_publish(&mut self, mut publish: Publish) -> Result<(), Close> {
         let limits = self.broker.inner.limits.clone();
         self.broker.inner.metrics.messages_received[publish.qos as usize].increment(1);
         if let Some(alias) = publish.properties.topic_alias.take() {
@@ -113,7 +113,11 @@ impl<T: Transport> Connection<T> {
                 ));
             }
             if publish.topic.is_empty() {
-                let Some(topic) = self.inbound_aliases.get(&alias.get()) else {
+                let Some(topic) = self
+                    .aliases
+                    .as_ref()
+                    .and_then(|a| a.inbound.get(&alias.get()))
+                else {
                     return Err(Close::Protocol(
                         ReasonCode::ProtocolError,
                         "unknown topic alias",
@@ -122,7 +126,10 @@ impl<T: Transport> Connection<T> {
                 publish.topic = topic.clone();
             } else {
                 let owned = ByteString::from(String::from(&*publish.topic));
-                self.inbound_aliases.insert(alias.get(), owned);
+                self.aliases
+                    .get_or_insert_with(Box::default)
+                    .inbound
+                    .insert(alias.get(), owned);
             }
         }
         if topic::validate_topic_name(&publish.topic, limits.max_topic_levels).is_err() {
@@ -240,7 +247,7 @@ impl<T: Transport> Connection<T> {
         self.write_packet(Packet::PubRel(ack(pubrec.packet_id, ReasonCode::Success)));
     }
 
-    async fn on_subscribe(&mut self, subscribe: Subscribe) -> Result<(), Close> {
+    fn on_subscribe(&mut self, subscribe: Subscribe) -> Result<(), Close> {
         let limits = self.broker.inner.limits.clone();
         let subscription_id = subscribe.properties.subscription_identifier.unwrap_or(0);
         let mut reason_codes = Vec::with_capacity(subscribe.filters.len());
@@ -272,7 +279,7 @@ impl<T: Transport> Connection<T> {
                 .state
                 .subscriptions
                 .iter()
-                .position(|s| s.raw_filter == raw_filter);
+                .position(|s| *s.raw_filter == *raw_filter);
             if existing_idx.is_none()
                 && self.state.subscriptions.len() >= limits.max_subscriptions_per_session
             {
@@ -288,17 +295,8 @@ impl<T: Transport> Connection<T> {
                     .inner
                     .router
                     .subscribe(&self.handle, &filter, granted, subscription_id);
-            let owned_raw = ByteString::from(String::from(&*raw_filter));
-            let owned_filter = TopicFilter {
-                filter: ByteString::from(String::from(&*filter.filter)),
-                share_group: filter
-                    .share_group
-                    .as_ref()
-                    .map(|g| ByteString::from(String::from(&**g))),
-            };
             let stored = StoredSubscription {
-                raw_filter: owned_raw,
-                filter: owned_filter,
+                raw_filter: Box::from(&*raw_filter),
                 options: granted,
                 subscription_id,
             };
@@ -353,7 +351,7 @@ impl<T: Transport> Connection<T> {
         Ok(())
     }
 
-    async fn on_unsubscribe(&mut self, unsubscribe: Unsubscribe) -> Result<(), Close> {
+    fn on_unsubscribe(&mut self, unsubscribe: Unsubscribe) -> Result<(), Close> {
         let max_levels = self.broker.inner.limits.max_topic_levels;
         let mut reason_codes = Vec::with_capacity(unsubscribe.filters.len());
         for raw_filter in unsubscribe.filters {
@@ -364,7 +362,7 @@ impl<T: Transport> Connection<T> {
             let existed = self.broker.inner.router.unsubscribe(self.state.id, &filter);
             self.state
                 .subscriptions
-                .retain(|s| s.raw_filter != raw_filter);
+                .retain(|s| *s.raw_filter != *raw_filter);
             reason_codes.push(if existed {
                 ReasonCode::Success
             } else {
@@ -438,15 +436,16 @@ impl<T: Transport> Connection<T> {
         if self.client_topic_alias_maximum == 0 || !self.version.is_v5() {
             return;
         }
-        if let Some(alias) = self.outbound_aliases.get(&publish.topic) {
+        let aliases = self.aliases.get_or_insert_with(Box::default);
+        if let Some(alias) = aliases.outbound.get(&publish.topic) {
             publish.properties.topic_alias = PacketId::new(*alias);
             publish.topic = ByteString::new();
             return;
         }
-        let num_aliases = self.outbound_aliases.len();
+        let num_aliases = aliases.outbound.len();
         if num_aliases < usize::from(self.client_topic_alias_maximum) {
             let alias = (num_aliases + 1) as u16;
-            self.outbound_aliases.insert(publish.topic.clone(), alias);
+            aliases.outbound.insert(publish.topic.clone(), alias);
             publish.properties.topic_alias = PacketId::new(alias);
         }
     }

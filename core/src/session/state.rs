@@ -11,12 +11,11 @@ use crate::{
 };
 
 /// One subscription as the session remembers it (the topic shard holds the routing copy).
+/// Kept small: a session holds one per subscription for as long as it lives.
 #[derive(Debug, Clone)]
 pub struct StoredSubscription {
-    /// The filter as the client sent it, including any `$share/group/` prefix.
-    pub raw_filter: ByteString,
-    /// The parsed filter.
-    pub filter: TopicFilter,
+    /// The validated filter as the client sent it, including any `$share/group/` prefix.
+    pub raw_filter: Box<str>,
     /// Subscription options.
     pub options: SubscriptionOptions,
     /// Subscription identifier, 0 when none.
@@ -63,6 +62,13 @@ pub struct SessionState {
     pub last_packet_id: u16,
     /// Session Expiry Interval in force, seconds (u32::MAX never expires).
     pub session_expiry_secs: u32,
+}
+
+impl StoredSubscription {
+    /// Returns the parsed filter (the raw filter was validated when it was stored).
+    pub fn filter(&self) -> TopicFilter {
+        TopicFilter::from_validated(&self.raw_filter)
+    }
 }
 
 impl SessionState {
