@@ -343,3 +343,114 @@ fn walk_trie(
     }
     path.truncate(base_len);
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use bytestring::ByteString;
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::{codec::ProtocolVersion, session::SessionState, topic::TopicFilter};
+
+    fn handle(id: u64) -> SessionHandle {
+        let client_id = ByteString::from(format!("c{id}"));
+        let state = Box::new(SessionState::new(
+            SessionId(id),
+            client_id.clone(),
+            ProtocolVersion::V5,
+        ));
+        SessionHandle::new(SessionId(id), client_id, state)
+    }
+
+    fn level() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just("a".to_string()),
+            Just("b".to_string()),
+            Just(String::new()),
+            Just("$s".to_string())
+        ]
+    }
+
+    fn topic() -> impl Strategy<Value = String> {
+        prop::collection::vec(level(), 1..4).prop_map(|levels| levels.join("/"))
+    }
+
+    fn filter() -> impl Strategy<Value = String> {
+        let filter_level = prop_oneof![level(), Just("+".to_string())];
+        (prop::collection::vec(filter_level, 1..4), any::<bool>()).prop_map(|(mut levels, hash)| {
+            if hash {
+                levels.push("#".to_string());
+            }
+            levels.join("/")
+        })
+    }
+
+    proptest! {
+        /// The trie and exact map agree with the reference matcher on every topic.
+        #[test]
+        fn table_matches_like_the_reference_matcher(
+            filters in prop::collection::vec(filter(), 1..12),
+            topics in prop::collection::vec(topic(), 1..12),
+            removed in prop::collection::vec(any::<prop::sample::Index>(), 0..4),
+        ) {
+            let mut table = SubscriptionTable::default();
+            let mut live: Vec<(u64, String)> = Vec::new();
+            for (idx, filter) in filters.iter().enumerate() {
+                let parsed = TopicFilter::from_validated(filter);
+                let subscriber = Subscriber { session: handle(idx as u64 + 1), options: Default::default(), subscription_id: 0 };
+                table.insert(&parsed.filter, None, subscriber);
+                live.push((idx as u64 + 1, filter.clone()));
+            }
+            for index in removed {
+                if live.is_empty() {
+                    break;
+                }
+                let (session_id, filter) = live.remove(index.index(live.len()));
+                prop_assert!(table.remove(&filter, None, SessionId(session_id)));
+            }
+            prop_assert_eq!(table.len(), live.len());
+            for topic in &topics {
+                let mut matched = BTreeSet::new();
+                table.for_each_match(topic, |s| { matched.insert(s.session.id().0); });
+                let expected: BTreeSet<u64> = live
+                    .iter()
+                    .filter(|(_, filter)| crate::topic::matches(filter, topic))
+                    .map(|(id, _)| *id)
+                    .collect();
+                prop_assert_eq!(matched, expected, "topic {:?}", topic);
+            }
+        }
+    }
+
+    #[test]
+    fn shared_group_delivers_round_robin() {
+        let mut table = SubscriptionTable::default();
+        for id in 1..=3 {
+            let subscriber = Subscriber {
+                session: handle(id),
+                options: Default::default(),
+                subscription_id: 0,
+            };
+            table.insert("a/+", Some("g"), subscriber);
+        }
+        let mut chosen = Vec::new();
+        for _ in 0..6 {
+            table.for_each_shared_match("a/x", |s| chosen.push(s.session.id().0));
+        }
+        // Every member is offline, so plain round robin over all three.
+        assert_eq!(chosen.len(), 6);
+        for id in 1..=3 {
+            assert_eq!(chosen.iter().filter(|&&c| c == id).count(), 2);
+        }
+        assert!(table.remove("a/+", Some("g"), SessionId(2)));
+        let mut after = BTreeSet::new();
+        for _ in 0..4 {
+            table.for_each_shared_match("a/x", |s| {
+                after.insert(s.session.id().0);
+            });
+        }
+        assert_eq!(after, BTreeSet::from([1, 3]));
+    }
+}
