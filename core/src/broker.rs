@@ -122,10 +122,7 @@ impl Broker {
             };
             let _ = stream.set_nodelay(true);
             let broker = self.clone();
-            let fut = async move {
-                run_connection(broker, stream, peer).await;
-                drop(permit);
-            };
+            let fut = run_connection(broker, stream, peer, Some(permit));
             self.inner.connections.spawn(fut);
         }
     }

@@ -1,6 +1,6 @@
 //! The session registry: ractor actors that supervise sessions, sharded by client id.
 //!
-//! Each [`RegistryShard`] owns the map from client id to [`SessionHandle`] for its share of the
+//! Each `RegistryShard` owns the map from client id to [`SessionHandle`] for its share of the
 //! client ids, decides on CONNECT whether a session is resumed, replaced (clean start) or
 //! created, and runs the session timers on a periodic tick: closing clients silent for 1.5x
 //! their keep alive, publishing delayed wills and ending expired sessions. Offline sessions cost

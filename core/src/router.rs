@@ -2,7 +2,7 @@
 //!
 //! Topics are split over `N` topic shards by the hash of their first level; filters whose first
 //! level is a wildcard live in one extra wildcard shard. Each shard is a ractor actor
-//! ([`shard::TopicShard`]) that owns its table: it removes the subscriptions of ended sessions,
+//! (`TopicShard`) that owns its table: it removes the subscriptions of ended sessions,
 //! purges expired retained messages and reports the shard's gauges (and, with the cluster, will
 //! announce route changes to peers). Sessions apply their own subscribe/unsubscribe and
 //! retained writes under the shard's write lock, so a route is live before its SUBACK;

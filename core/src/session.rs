@@ -18,12 +18,13 @@ use std::{
         atomic::{AtomicU64, Ordering},
         Arc,
     },
+    task::{Context, Poll, Waker},
 };
 
 use bytestring::ByteString;
 use parking_lot::Mutex;
 use smallvec::SmallVec;
-use tokio::sync::{oneshot, Notify};
+use tokio::sync::oneshot;
 
 use crate::{
     codec::{QoS, ReasonCode},
@@ -54,8 +55,6 @@ struct SessionShared {
     /// Milliseconds since the broker epoch after which a silent client is closed; 0 = never.
     keep_alive_deadline_ms: AtomicU64,
     mailbox: Mutex<Mailbox>,
-    /// Wakes the connection task; at most one stored permit, so bursts cost one wake-up.
-    notify: Notify,
 }
 
 /// A request to the task that currently runs the session.
@@ -85,11 +84,25 @@ struct Mailbox {
     online: bool,
     /// The session ended; deliveries are dropped and the state is gone.
     ended: bool,
-    /// A wake-up was sent and the consumer has not yet emptied the queue.
+    /// A wake-up was sent and the consumer has not yet emptied the queue, so further pushes
+    /// need not wake it again: a burst costs one wake-up.
     wake_pending: bool,
+    /// Set by a wake-up, cleared when the connection task observes it.
+    woken: bool,
+    /// Waker of the connection task, stored by [`SessionHandle::poll_notified`]. A waker in the
+    /// mailbox, rather than a `Notify` and its future in the task, keeps idle sessions small.
+    waker: Option<Waker>,
     control: Option<Control>,
     /// The session state while no connection task runs the session.
     parked: Option<Box<SessionState>>,
+}
+
+impl Mailbox {
+    /// Records a wake-up and returns the waker to call once the lock is released.
+    fn wake_up(&mut self) -> Option<Waker> {
+        self.woken = true;
+        self.waker.take()
+    }
 }
 
 /// What happened to a pushed delivery.
@@ -112,7 +125,6 @@ impl SessionHandle {
                 parked: Some(state),
                 ..Mailbox::default()
             }),
-            notify: Notify::new(),
         }))
     }
 
@@ -167,13 +179,14 @@ impl SessionHandle {
         }
         mailbox.queue.push_back(delivery);
         mailbox.queued_bytes += cost;
-        let wake = mailbox.online && !mailbox.wake_pending;
-        if wake {
+        let mut waker = None;
+        if mailbox.online && !mailbox.wake_pending {
             mailbox.wake_pending = true;
+            waker = mailbox.wake_up();
         }
         drop(mailbox);
-        if wake {
-            self.0.notify.notify_one();
+        if let Some(waker) = waker {
+            waker.wake();
         }
         PushOutcome::Queued
     }
@@ -210,9 +223,19 @@ impl SessionHandle {
         self.0.mailbox.lock().control.take()
     }
 
-    /// Waits until the session has something for its connection task.
-    pub(crate) async fn notified(&self) {
-        self.0.notify.notified().await;
+    /// Returns `Ready` once after each wake-up (queued messages or a control request), else
+    /// stores the task's waker.
+    pub(crate) fn poll_notified(&self, cx: &mut Context<'_>) -> Poll<()> {
+        let mut mailbox = self.0.mailbox.lock();
+        if mailbox.woken {
+            mailbox.woken = false;
+            return Poll::Ready(());
+        }
+        match &mailbox.waker {
+            Some(waker) if waker.will_wake(cx.waker()) => {}
+            _ => mailbox.waker = Some(cx.waker().clone()),
+        }
+        Poll::Pending
     }
 
     /// Asks the running connection, if any, to close with `reason_code`.
@@ -222,8 +245,11 @@ impl SessionHandle {
             return;
         }
         mailbox.control = Some(Control::Kick(reason_code));
+        let waker = mailbox.wake_up();
         drop(mailbox);
-        self.0.notify.notify_one();
+        if let Some(waker) = waker {
+            waker.wake();
+        }
     }
 
     /// Takes the session state for a new connection, taking it over from the connection that
@@ -242,9 +268,13 @@ impl SessionHandle {
             let (reply, receiver) = oneshot::channel();
             // A pending kick is superseded: the old connection closes either way.
             mailbox.control = Some(Control::Takeover { clean_start, reply });
-            receiver
+            let waker = mailbox.wake_up();
+            (receiver, waker)
         };
-        self.0.notify.notify_one();
+        let (receiver, waker) = receiver;
+        if let Some(waker) = waker {
+            waker.wake();
+        }
         let state = tokio::time::timeout(std::time::Duration::from_secs(10), receiver)
             .await
             .ok()?

@@ -1,19 +1,22 @@
 //! The byte transport a connection task drives: readiness-based, so an idle connection holds
 //! no read or write buffer.
 
-use std::{future::Future, io};
+use std::{
+    future::Future,
+    io,
+    task::{Context, Poll},
+};
 
 use bytes::BytesMut;
-use tokio::{
-    io::{Interest, Ready},
-    net::TcpStream,
-};
+use tokio::net::TcpStream;
 
 /// A full-duplex byte stream with readiness notifications (plain TCP today; TLS and WebSocket
 /// adapters implement the same contract).
 pub trait Transport: Send + Sync + 'static {
-    /// Waits until the stream is ready for any of `interest`.
-    fn ready(&self, interest: Interest) -> impl Future<Output = io::Result<Ready>> + Send;
+    /// Polls read readiness without a stored future; the waker is kept by the transport.
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
+    /// Polls write readiness without a stored future; the waker is kept by the transport.
+    fn poll_write_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
     /// Waits until a read may make progress.
     fn readable(&self) -> impl Future<Output = io::Result<()>> + Send;
     /// Waits until a write may make progress.
@@ -27,8 +30,12 @@ pub trait Transport: Send + Sync + 'static {
 }
 
 impl Transport for TcpStream {
-    fn ready(&self, interest: Interest) -> impl Future<Output = io::Result<Ready>> + Send {
-        TcpStream::ready(self, interest)
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        TcpStream::poll_read_ready(self, cx)
+    }
+
+    fn poll_write_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        TcpStream::poll_write_ready(self, cx)
     }
 
     fn readable(&self) -> impl Future<Output = io::Result<()>> + Send {

@@ -1,3 +1,5 @@
-//! The `swarm` load tester.
+//! The `swarm` load tester; everything lives in the `starling_loadtest` library.
 
-fn main() {}
+fn main() -> std::process::ExitCode {
+    starling_loadtest::main_with_args()
+}

@@ -7,19 +7,27 @@ use anyhow::Context;
 use serde::Deserialize;
 use starling_core::{codec::QoS, BrokerConfig, QueueFullPolicy, SessionLimits};
 
+mod effective;
+
+pub use effective::effective_config_json;
+
 /// The embedded default configuration, printed by `starling config default`.
 pub const DEFAULT_CONFIG_TOML: &str = include_str!("config/default.toml");
 
+/// The `version` tag alone. The versioned struct is then deserialized straight from the text:
+/// a serde internally tagged enum would buffer the input and lose the positions toml needs to
+/// name the line of an error.
 #[derive(Deserialize)]
-#[serde(tag = "version")]
-enum VersionedNodeConfig {
-    #[serde(rename = "1")]
-    V1(NodeConfigV1),
+struct VersionTag {
+    version: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct NodeConfigV1 {
+    /// Always "1" here; checked through [`VersionTag`] first.
+    #[serde(default)]
+    version: String,
     node_id: Option<String>,
     data_dir: Option<PathBuf>,
     #[serde(default)]
@@ -32,6 +40,8 @@ struct NodeConfigV1 {
     shutdown: ShutdownV1,
     #[serde(default)]
     log: LogV1,
+    #[serde(default)]
+    admin: AdminV1,
 }
 
 #[derive(Deserialize, Default)]
@@ -97,6 +107,43 @@ struct LogV1 {
     format: Option<LogFormat>,
 }
 
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct AdminV1 {
+    enabled: Option<bool>,
+    bind: Option<SocketAddr>,
+    token: Option<String>,
+    metrics: Option<bool>,
+    sys_interval_secs: Option<u64>,
+}
+
+/// The admin HTTP listener: probes, Prometheus metrics, the admin REST API and `$SYS` topics.
+#[derive(Clone)]
+pub struct AdminConfig {
+    /// Whether the admin listener runs at all.
+    pub enabled: bool,
+    /// Address of the admin listener.
+    pub bind: SocketAddr,
+    /// Bearer token the REST API requires; `None` leaves it open (bind to a private address).
+    pub token: Option<String>,
+    /// Whether the Prometheus recorder is installed and `/metrics` served.
+    pub metrics: bool,
+    /// Interval of the `$SYS/broker/...` topics; `None` disables them.
+    pub sys_interval: Option<Duration>,
+}
+
+impl std::fmt::Debug for AdminConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminConfig")
+            .field("enabled", &self.enabled)
+            .field("bind", &self.bind)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("metrics", &self.metrics)
+            .field("sys_interval", &self.sys_interval)
+            .finish()
+    }
+}
+
 /// Log output format.
 #[derive(Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
@@ -124,6 +171,8 @@ pub struct NodeConfig {
     pub log_level: String,
     /// Log format.
     pub log_format: LogFormat,
+    /// The admin listener.
+    pub admin: AdminConfig,
 }
 
 /// Loads a configuration from TOML text (`source` names the file in errors) and applies the
@@ -137,13 +186,28 @@ pub fn load_node_config(
     source: &str,
     env_vars: &HashMap<String, String>,
 ) -> anyhow::Result<NodeConfig> {
-    let versioned: VersionedNodeConfig = if toml_text.trim().is_empty() {
-        VersionedNodeConfig::V1(NodeConfigV1::default())
+    let parse_error =
+        |error: toml::de::Error| anyhow::anyhow!("invalid configuration in {source}: {error}");
+    let config: NodeConfigV1 = if toml_text.trim().is_empty() {
+        NodeConfigV1::default()
     } else {
-        toml::from_str(toml_text)
-            .map_err(|error| anyhow::anyhow!("invalid configuration in {source}: {error}"))?
+        let tag: VersionTag = toml::from_str(toml_text).map_err(parse_error)?;
+        match tag.version.as_deref() {
+            Some("1") => toml::from_str(toml_text).map_err(parse_error)?,
+            Some(other) => {
+                return Err(invalid(
+                    source,
+                    toml_text,
+                    "version",
+                    &format!("is {other:?}; this node reads version \"1\""),
+                ))
+            }
+            None => anyhow::bail!(
+                "invalid configuration in {source}: missing `version = \"1\"` at the top"
+            ),
+        }
     };
-    let VersionedNodeConfig::V1(config) = versioned;
+    debug_assert!(config.version.is_empty() || config.version == "1");
     build_and_validate(config, toml_text, source, env_vars)
 }
 
@@ -272,6 +336,24 @@ fn build_and_validate(
             ),
         };
     }
+    let mut admin_bind = config
+        .admin
+        .bind
+        .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080)));
+    if let Some(value) = env_vars.get("STARLING_ADMIN_BIND") {
+        admin_bind = value.parse().with_context(|| {
+            format!(
+                "invalid STARLING_ADMIN_BIND {value:?}: expected an address like 127.0.0.1:8080"
+            )
+        })?;
+    }
+    let mut admin_token = config.admin.token;
+    if let Some(value) = env_vars.get("STARLING_ADMIN_TOKEN") {
+        admin_token = Some(value.clone());
+    }
+    // An empty token means no token, so a chart can always render the key.
+    admin_token = admin_token.filter(|token| !token.is_empty());
+    let sys_interval_secs = config.admin.sys_interval_secs.unwrap_or(10);
     if let Some(value) = env_vars.get("STARLING_MAX_CONNECTIONS") {
         max_connections = value.parse().with_context(|| {
             format!("invalid STARLING_MAX_CONNECTIONS {value:?}: expected a number")
@@ -314,6 +396,13 @@ fn build_and_validate(
         drain_timeout: Duration::from_millis(config.shutdown.drain_timeout_ms.unwrap_or(10_000)),
         log_level,
         log_format,
+        admin: AdminConfig {
+            enabled: config.admin.enabled.unwrap_or(true),
+            bind: admin_bind,
+            token: admin_token,
+            metrics: config.admin.metrics.unwrap_or(true),
+            sys_interval: (sys_interval_secs > 0).then(|| Duration::from_secs(sys_interval_secs)),
+        },
     })
 }
 
@@ -366,6 +455,84 @@ mod tests {
             .to_string();
         assert!(
             error.contains("receive_maximum") && error.contains("line 3"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn admin_keys_and_overrides_apply() {
+        let config = load_node_config("", "none", &HashMap::new()).unwrap();
+        assert!(config.admin.enabled && config.admin.metrics);
+        assert_eq!(config.admin.bind, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(config.admin.token, None);
+        assert_eq!(config.admin.sys_interval, Some(Duration::from_secs(10)));
+
+        let text = "version = \"1\"\n[admin]\nbind = \"0.0.0.0:9090\"\ntoken = \"\"\nmetrics = false\nsys_interval_secs = 0\n";
+        let config = load_node_config(text, "starling.toml", &HashMap::new()).unwrap();
+        assert_eq!(config.admin.bind, "0.0.0.0:9090".parse().unwrap());
+        assert_eq!(config.admin.token, None, "an empty token is no token");
+        assert!(!config.admin.metrics);
+        assert_eq!(config.admin.sys_interval, None);
+
+        let env = HashMap::from([
+            ("STARLING_ADMIN_BIND".to_string(), "127.0.0.1:0".to_string()),
+            ("STARLING_ADMIN_TOKEN".to_string(), "s3cret".to_string()),
+        ]);
+        let config = load_node_config(text, "starling.toml", &env).unwrap();
+        assert_eq!(config.admin.bind, "127.0.0.1:0".parse().unwrap());
+        assert_eq!(config.admin.token.as_deref(), Some("s3cret"));
+        assert!(
+            !format!("{config:?}").contains("s3cret"),
+            "Debug redacts the token"
+        );
+    }
+
+    /// The plain Kubernetes manifest's `starling.toml`, minus the tables the cluster work has
+    /// not wired into the node yet, loads: the deploy files and the node agree on every key.
+    #[test]
+    fn deploy_configmap_loads_except_the_cluster_tables() {
+        let manifest = include_str!("../../deploy/k8s/configmap.yaml");
+        let mut toml_text = String::new();
+        let mut in_file = false;
+        let mut skipping = false;
+        for line in manifest.lines() {
+            if line.trim_start().starts_with("starling.toml: |") {
+                in_file = true;
+                continue;
+            }
+            if !in_file {
+                continue;
+            }
+            let line = line.strip_prefix("    ").unwrap_or(line);
+            if line.starts_with('[') {
+                skipping = line == "[listeners.peer]" || line == "[cluster]";
+            }
+            if !skipping {
+                toml_text.push_str(line);
+                toml_text.push('\n');
+            }
+        }
+        let config = load_node_config(&toml_text, "deploy/k8s/configmap.yaml", &HashMap::new())
+            .unwrap_or_else(|error| panic!("{error}\n{toml_text}"));
+        assert_eq!(config.admin.bind, "0.0.0.0:8080".parse().unwrap());
+        assert_eq!(config.log_format, LogFormat::Json);
+    }
+
+    #[test]
+    fn unknown_admin_key_is_refused() {
+        let text = "version = \"1\"\n[admin]\nport = 8080\n";
+        let error = load_node_config(text, "starling.toml", &HashMap::new())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("port") && error.contains("line 3"),
+            "{error}"
+        );
+        let error = load_node_config("version = \"2\"\n", "starling.toml", &HashMap::new())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("version") && error.contains("line 1"),
             "{error}"
         );
     }

@@ -1,13 +1,14 @@
-//! The `starling` binary: `starling [serve] [--config FILE]`, `starling config default`.
+//! The `starling` binary: `starling [serve] [--config FILE]`, `starling config default`,
+//! `starling ctl ...` (the admin API client).
 
 use std::{collections::HashMap, io::Write, path::PathBuf};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use starling_node::{
-    config::LogFormat, load_node_config, start_node, NodeConfig, DEFAULT_CONFIG_TOML,
+    ctl::CtlArgs, load_node_config, logging, start_node_with, NodeConfig, NodeOptions,
+    DEFAULT_CONFIG_TOML,
 };
-use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
 #[command(
@@ -32,6 +33,8 @@ enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// Operates a running node through its admin API (tables, or JSON with --json).
+    Ctl(CtlArgs),
 }
 
 #[derive(Subcommand)]
@@ -56,18 +59,6 @@ fn load(cli: &Cli) -> anyhow::Result<NodeConfig> {
     }
 }
 
-fn init_tracing(config: &NodeConfig) {
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log_level));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match config.log_format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
-}
-
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match &cli.command {
@@ -88,20 +79,25 @@ fn main() -> anyhow::Result<()> {
             )?;
             Ok(())
         }
+        Some(Command::Ctl(args)) => starling_node::ctl::run(args, &mut std::io::stdout().lock()),
         Some(Command::Serve) | None => {
             let config = load(&cli)?;
-            init_tracing(&config);
+            let log_control = logging::init(&config).context("cannot set up logging")?;
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;
-            runtime.block_on(serve(config))
+            runtime.block_on(serve(config, log_control))
         }
     }
 }
 
-async fn serve(config: NodeConfig) -> anyhow::Result<()> {
+async fn serve(config: NodeConfig, log_control: starling_node::LogControl) -> anyhow::Result<()> {
     tracing::info!(node_id = %config.node_id, data_dir = %config.data_dir.display(), listen = %config.tcp_listen, "starting starling");
-    let node = start_node(config).await?;
+    tracing::info!(config = %starling_node::config::effective_config_json(&config), "effective configuration");
+    let options = NodeOptions {
+        log_control: Some(log_control),
+    };
+    let node = start_node_with(config, options).await?;
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("cannot install SIGTERM handler")?;
     tokio::select! {

@@ -1,11 +1,11 @@
 //! The connection task: reads CONNECT, attaches to a session, then runs the session loop until
 //! the connection closes, and finally parks, hands over or ends the session.
 
-use std::{collections::HashMap, io, net::SocketAddr, sync::Arc};
+use std::{collections::HashMap, io, net::SocketAddr, sync::Arc, task::Poll};
 
 use bytes::{Buf, BytesMut};
 use bytestring::ByteString;
-use tokio::{io::Interest, sync::oneshot, time::Instant};
+use tokio::{sync::oneshot, time::Instant};
 
 use crate::{
     broker::Broker,
@@ -66,6 +66,13 @@ pub(super) struct Connection<T> {
     pub(super) will: Option<Box<LastWill>>,
 }
 
+/// What woke the session loop.
+enum LoopEvent {
+    Notified,
+    Readable(io::Result<()>),
+    Writable(io::Result<()>),
+}
+
 /// Topic aliases of one connection, in both directions.
 #[derive(Default)]
 pub(super) struct TopicAliases {
@@ -75,58 +82,80 @@ pub(super) struct TopicAliases {
     pub(super) outbound: HashMap<ByteString, u16>,
 }
 
-/// Runs one client connection from accept to close.
-pub async fn run_connection<T: Transport>(broker: Broker, transport: T, peer: SocketAddr) {
-    // Only an `Arc` is kept across the awaits: a clone of the metrics handles would cost every
-    // idle connection their size.
-    let inner = broker.inner.clone();
-    inner.metrics.connections_opened.increment(1);
-    inner.metrics.connections_current.increment(1.0);
-    let connect_timeout = broker.inner.limits.connect_timeout;
-    let max_packet_size = broker.inner.limits.max_packet_size as usize;
-    // The connect phase and the close are boxed: their futures are large and short-lived, and
-    // inlined they would size the task of every idle connection.
-    let close_reason = match Box::pin(tokio::time::timeout(
-        connect_timeout,
-        read_connect(&transport, max_packet_size),
-    ))
-    .await
-    {
-        Err(_elapsed) => {
-            tracing::debug!(%peer, "no CONNECT within the connect timeout");
-            CloseReason::ConnectTimeout
-        }
-        Ok(Err(ConnectReadError::Io(error))) => {
-            tracing::debug!(%peer, %error, "connection closed before CONNECT");
-            CloseReason::ConnectionLost
-        }
-        Ok(Err(ConnectReadError::Decode(error))) => {
-            inner.metrics.protocol_errors.increment(1);
-            tracing::debug!(%peer, %error, "invalid CONNECT");
-            if let DecodeError::UnsupportedProtocolVersion(_) | DecodeError::InvalidProtocolName =
-                error
-            {
-                // [MQTT-3.1.2-2] CONNACK 0x01 (unacceptable protocol version), then close.
-                let connack = Packet::ConnAck(ConnAck {
-                    session_present: false,
-                    reason_code: ReasonCode::UnsupportedProtocolVersion,
-                    properties: ConnAckProperties::default(),
-                });
-                let mut out = BytesMut::new();
-                connack.encode(ProtocolVersion::V3_1_1, &mut out);
-                Box::pin(linger_close(&transport, &out)).await;
+/// Runs one client connection from accept to close; `permit` (the connection-limit slot) is
+/// released when it ends.
+///
+/// Written as a plain function returning an `async move` block, not an `async fn`: an
+/// `async fn` keeps a second copy of its arguments in its state, and this state is the memory
+/// of every idle connection.
+#[allow(clippy::manual_async_fn)]
+pub fn run_connection<T: Transport>(
+    broker: Broker,
+    transport: T,
+    peer: SocketAddr,
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
+) -> impl std::future::Future<Output = ()> + Send {
+    async move {
+        // Only an `Arc` is kept across the awaits: a clone of the metrics handles would cost every
+        // idle connection their size.
+        let inner = broker.inner.clone();
+        inner.metrics.connections_opened.increment(1);
+        inner.metrics.connections_current.increment(1.0);
+        let connect_timeout = broker.inner.limits.connect_timeout;
+        let max_packet_size = broker.inner.limits.max_packet_size as usize;
+        // The connect phase and the close are boxed: their futures are large and short-lived, and
+        // inlined they would size the task of every idle connection.
+        let close_reason = match Box::pin(tokio::time::timeout(
+            connect_timeout,
+            read_connect(&transport, max_packet_size),
+        ))
+        .await
+        {
+            Err(_elapsed) => {
+                tracing::debug!(%peer, "no CONNECT within the connect timeout");
+                CloseReason::ConnectTimeout
             }
-            CloseReason::ConnectInvalid
-        }
-        Ok(Ok((connect, rbuf))) => {
-            match Box::pin(attach(broker, transport, peer, connect, rbuf)).await {
-                Some(connection) => connection.run().await,
-                None => CloseReason::ConnectRefused,
+            Ok(Err(ConnectReadError::Io(error))) => {
+                tracing::debug!(%peer, %error, "connection closed before CONNECT");
+                CloseReason::ConnectionLost
             }
-        }
-    };
-    inner.metrics.connections_closed.increment(close_reason);
-    inner.metrics.connections_current.decrement(1.0);
+            Ok(Err(ConnectReadError::Decode(error))) => {
+                inner.metrics.protocol_errors.increment(1);
+                tracing::debug!(%peer, %error, "invalid CONNECT");
+                if let DecodeError::UnsupportedProtocolVersion(_)
+                | DecodeError::InvalidProtocolName = error
+                {
+                    // [MQTT-3.1.2-2] CONNACK 0x01 (unacceptable protocol version), then close.
+                    let out = encode_packet(
+                        &Packet::ConnAck(ConnAck {
+                            session_present: false,
+                            reason_code: ReasonCode::UnsupportedProtocolVersion,
+                            properties: ConnAckProperties::default(),
+                        }),
+                        ProtocolVersion::V3_1_1,
+                    );
+                    Box::pin(linger_close(&transport, &out)).await;
+                }
+                CloseReason::ConnectInvalid
+            }
+            Ok(Ok((connect, rbuf))) => {
+                match Box::pin(attach(broker, transport, peer, connect, rbuf)).await {
+                    Some(connection) => connection.run().await,
+                    None => CloseReason::ConnectRefused,
+                }
+            }
+        };
+        inner.metrics.connections_closed.increment(close_reason);
+        inner.metrics.connections_current.decrement(1.0);
+        drop(permit);
+    }
+}
+
+/// Encodes one packet into a fresh buffer (keeps the packet out of the caller's async state).
+fn encode_packet(packet: &Packet, version: ProtocolVersion) -> BytesMut {
+    let mut out = BytesMut::new();
+    packet.encode(version, &mut out);
+    out
 }
 
 enum ConnectReadError {
@@ -333,7 +362,7 @@ async fn attach<T: Transport>(
     let session_expiry_secs = requested_expiry.min(limits.max_session_expiry_secs);
 
     let registry = broker.inner.registry.clone();
-    let outcome = match registry
+    let mut outcome = match registry
         .register(client_id.clone(), connect.clean_start, version)
         .await
     {
@@ -367,7 +396,16 @@ async fn attach<T: Transport>(
             .sessions_taken_over
             .increment(u64::from(outcome.session.is_online()));
     }
-    let Some(mut state) = outcome.session.acquire(connect.clean_start).await else {
+    let mut acquired = outcome.session.acquire(connect.clean_start).await;
+    if acquired.is_none() && outcome.session_present && !outcome.session.is_online() {
+        // The session to resume ended (expiry 0) between its close and this CONNECT, so its
+        // registry entry is stale: no session exists any more, so start a new one.
+        if let Ok(fresh) = registry.register(client_id.clone(), true, version).await {
+            outcome = fresh;
+            acquired = outcome.session.acquire(true).await;
+        }
+    }
+    let Some(mut state) = acquired else {
         refuse(
             &transport,
             version,
@@ -468,22 +506,31 @@ impl<T: Transport> Connection<T> {
             if let Err(close) = self.flush() {
                 return close;
             }
-            // One readiness future for both directions keeps the idle task small.
-            let mut interest = None;
-            if self.wbuf.len() < MAX_PENDING_WRITE_BYTES {
-                interest = Some(Interest::READABLE);
-            }
-            if !self.wbuf.is_empty() {
-                interest = Some(interest.map_or(Interest::WRITABLE, |i| i | Interest::WRITABLE));
-            }
-            let result = tokio::select! {
-                biased;
-                () = self.handle.notified() => self.on_notified(),
-                ready = self.transport.ready(interest.unwrap_or(Interest::READABLE)), if interest.is_some() => match ready {
-                    Ok(ready) if ready.is_readable() || ready.is_read_closed() => self.on_readable(),
-                    Ok(_) => Ok(()),
-                    Err(_) => Err(Close::Network),
-                },
+            // Readiness is polled in place (no stored futures), which keeps the idle task small.
+            let want_read = self.wbuf.len() < MAX_PENDING_WRITE_BYTES;
+            let want_write = !self.wbuf.is_empty();
+            let event = std::future::poll_fn(|cx| {
+                if self.handle.poll_notified(cx).is_ready() {
+                    return Poll::Ready(LoopEvent::Notified);
+                }
+                if want_write {
+                    if let Poll::Ready(ready) = self.transport.poll_write_ready(cx) {
+                        return Poll::Ready(LoopEvent::Writable(ready));
+                    }
+                }
+                if want_read {
+                    if let Poll::Ready(ready) = self.transport.poll_read_ready(cx) {
+                        return Poll::Ready(LoopEvent::Readable(ready));
+                    }
+                }
+                Poll::Pending
+            })
+            .await;
+            let result = match event {
+                LoopEvent::Notified => self.on_notified(),
+                LoopEvent::Writable(Ok(())) => Ok(()),
+                LoopEvent::Readable(Ok(())) => self.on_readable(),
+                LoopEvent::Writable(Err(_)) | LoopEvent::Readable(Err(_)) => Err(Close::Network),
             };
             if let Err(close) = result {
                 return close;
@@ -832,6 +879,9 @@ fn settle_session(
             publish_will(router, metrics, message);
         }
         handle.end();
+        // A takeover that raced with this close (after the check above) waits on the control
+        // slot; the session has ended, so release it now rather than after its timeout.
+        drop(handle.take_control());
         discard_state(router, &mut state);
         registry.session_ended(client_id, epoch);
         return;

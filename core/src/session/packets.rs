@@ -302,7 +302,11 @@ impl<T: Transport> Connection<T> {
             };
             match existing_idx {
                 Some(idx) => self.state.subscriptions[idx] = stored,
-                None => self.state.subscriptions.push(stored),
+                None => {
+                    // Exact growth: most devices hold one or two subscriptions for life.
+                    self.state.subscriptions.reserve_exact(1);
+                    self.state.subscriptions.push(stored);
+                }
             }
             reason_codes.push(match granted.qos {
                 QoS::AtMostOnce => ReasonCode::GRANTED_QOS_0,
