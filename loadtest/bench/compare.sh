@@ -179,7 +179,7 @@ scenario() {
         d) run d "$broker" pairs --pairs 100 --qos 0 --payload-bytes 64 --total-rate 20000 --duration "$D_SECS" --name "(d) latency at 20000 msg/s, 1:1, QoS 0" ;;
         e) restart_all "$broker"
            run e "$broker" storm --clients 19000 --workers 2 --source-addrs 127.0.0.1-127.0.0.4 --duration 2 --settle-ms 1500 --name "(e) 19000 idle connections, one subscription each" ;;
-        f) run f "$broker" fleet --cars 5000 --backends 1 --persistent --qos 1 --reconnect-every-secs 3 --duration "$F_SECS" --name "(f) fleet telemetry, 5000 cars, persistent sessions, backend churn" ;;
+        f) run f "$broker" fleet --cars 5000 --backends 1 --persistent --qos 1 --reconnect-every-secs 2 --offline-ms 100 --duration "$F_SECS" --name "(f) fleet telemetry: 5000 cars at 1 msg/s, QoS 1, persistent sessions, backend offline 100 ms every 2 s" ;;
         g) run g "$broker" fan-in --publishers 100 --subscribers 1 --qos 1 --consume-rate 5000 --duration "$G_SECS" --drain-timeout-ms 5000 --drain-quiet-ms 2000 --name "(g) fan-in flood: 100 unthrottled QoS 1 publishers -> 1 subscriber reading 5000 msg/s" ;;
       esac
     done

@@ -192,6 +192,9 @@ pub(crate) struct Overrides {
     /// Subscribers reconnect this often (churn; with persistent sessions they resume).
     #[arg(long)]
     pub(crate) reconnect_every_secs: Option<f64>,
+    /// Time subscribers stay offline during churn, milliseconds.
+    #[arg(long)]
+    pub(crate) offline_ms: Option<u64>,
     /// Connections per second over all workers.
     #[arg(long)]
     pub(crate) connect_rate: Option<f64>,

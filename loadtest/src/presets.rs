@@ -193,6 +193,7 @@ pub(crate) fn apply_overrides(scenario: &mut Scenario, overrides: &Overrides) {
         if overrides.reconnect_every_secs.is_some() {
             subscribers.reconnect_every_secs = overrides.reconnect_every_secs;
         }
+        set(&mut subscribers.offline_ms, &overrides.offline_ms);
     }
     if let Some(commands) = &mut scenario.commands {
         set(&mut commands.qos, &overrides.qos);

@@ -376,4 +376,4 @@ impl RawV5 {
 }
 
 /// DISCONNECT with reason code 0x98 (Administrative action) and no properties.
-pub(crate) const DISCONNECT_ADMINISTRATIVE_ACTION: [u8; 3] = [0xE0, 0x01, 0x98];
+pub(crate) const DISCONNECT_ADMINISTRATIVE_ACTION: [u8; 4] = [0xE0, 0x02, 0x98, 0x00];

@@ -58,10 +58,11 @@ impl Disconnect {
         if !version.is_v5() {
             return 0;
         }
+        // A non-zero reason code is always followed by the property length (0 when empty):
+        // the one-byte form is legal, but several client libraries cannot decode it.
         match (self.reason_code, self.properties.is_empty()) {
             (ReasonCode::Success, true) => 0,
-            (_, true) => 1,
-            (_, false) => 1 + self.properties.encoded_len(),
+            _ => 1 + self.properties.encoded_len(),
         }
     }
 
@@ -73,7 +74,7 @@ impl Disconnect {
         if remaining_len > 0 {
             dst.put_u8(self.reason_code.as_u8());
         }
-        if remaining_len > 1 {
+        if remaining_len > 0 {
             self.properties.encode(dst);
         }
     }

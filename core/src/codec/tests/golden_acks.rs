@@ -263,10 +263,17 @@ fn disconnect() {
         reason_code: ReasonCode::SessionTakenOver,
         properties: DisconnectProperties::default(),
     };
+    // Encoded with an explicit empty property length for client interoperability...
     assert_golden(
         Packet::Disconnect(taken_over.clone()),
         V5,
-        &[0xE0, 0x01, 0x8E],
+        &[0xE0, 0x02, 0x8E, 0x00],
+    );
+    // ...while the shorter legal form still decodes.
+    let mut short = bytes::BytesMut::from(&[0xE0, 0x01, 0x8E][..]);
+    assert_eq!(
+        crate::codec::decode_packet(&mut short, 1024, Some(V5)).unwrap(),
+        Some(Packet::Disconnect(taken_over.clone()))
     );
     assert_eq!(
         encode(&Packet::Disconnect(taken_over), V3_1_1),
