@@ -177,11 +177,22 @@ impl Router {
     /// clears it [MQTT-3.3.1-6], [MQTT-3.3.1-7]), then routes it. Returns the number of
     /// sessions it was queued for.
     pub fn publish(&self, message: &Arc<Message>) -> usize {
+        self.publish_with_backpressure(message, None)
+    }
+
+    /// Like [`Router::publish`], but a QoS 1/2 delivery to a connected session whose queue is
+    /// full is handed back in `blocked` instead of being dropped: the publishing connection
+    /// retries it and withholds its PUBACK/PUBREC meanwhile (backpressure, not loss).
+    pub fn publish_with_backpressure(
+        &self,
+        message: &Arc<Message>,
+        blocked: Option<&mut Vec<(SessionHandle, Delivery)>>,
+    ) -> usize {
         if message.retain {
             let retained = (!message.payload.is_empty()).then(|| message.clone());
             self.set_retained(&message.topic, retained);
         }
-        self.route(message)
+        self.route_inner(message, blocked)
     }
 
     /// Returns the unexpired retained messages matching a (non-shared) filter.
@@ -220,6 +231,14 @@ impl Router {
     /// Delivers `message` to every matching session; returns the number of sessions it was
     /// queued for.
     pub fn route(&self, message: &Arc<Message>) -> usize {
+        self.route_inner(message, None)
+    }
+
+    fn route_inner(
+        &self,
+        message: &Arc<Message>,
+        mut blocked: Option<&mut Vec<(SessionHandle, Delivery)>>,
+    ) -> usize {
         let topic: &str = &message.topic;
         let mut matches: SmallVec<[(SessionHandle, SubscriptionOptions, u32); 4]> = SmallVec::new();
         let mut shared: SmallVec<[(SessionHandle, SubscriptionOptions, u32); 2]> = SmallVec::new();
@@ -261,8 +280,14 @@ impl Router {
                 }
             }
             if let Some(max_qos) = max_qos {
-                num_queued +=
-                    self.deliver(&matches[idx].0, message, max_qos, retain, subscription_ids);
+                num_queued += self.deliver(
+                    &matches[idx].0,
+                    message,
+                    max_qos,
+                    retain,
+                    subscription_ids,
+                    blocked.as_deref_mut(),
+                );
             }
             idx = end;
         }
@@ -272,7 +297,14 @@ impl Router {
                 subscription_ids.push(subscription_id);
             }
             let retain = options.retain_as_published && message.retain;
-            num_queued += self.deliver(&session, message, options.qos, retain, subscription_ids);
+            num_queued += self.deliver(
+                &session,
+                message,
+                options.qos,
+                retain,
+                subscription_ids,
+                blocked.as_deref_mut(),
+            );
         }
         if num_queued == 0 {
             self.inner.metrics.dropped_no_subscribers.increment(1);
@@ -287,6 +319,7 @@ impl Router {
         granted_qos: QoS,
         retain: bool,
         subscription_ids: SubscriptionIds,
+        blocked: Option<&mut Vec<(SessionHandle, Delivery)>>,
     ) -> usize {
         let delivery = Delivery {
             message: message.clone(),
@@ -294,9 +327,21 @@ impl Router {
             retain,
             subscription_ids,
         };
-        match session.push(delivery, &self.inner.limits, &self.inner.metrics) {
+        let backpressure = blocked.is_some();
+        match session.push(
+            delivery,
+            &self.inner.limits,
+            &self.inner.metrics,
+            backpressure,
+        ) {
             PushOutcome::Queued => 1,
             PushOutcome::Dropped => 0,
+            PushOutcome::Full(delivery) => {
+                if let Some(blocked) = blocked {
+                    blocked.push((session.clone(), delivery));
+                }
+                1
+            }
         }
     }
 }

@@ -106,12 +106,14 @@ impl Mailbox {
 }
 
 /// What happened to a pushed delivery.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum PushOutcome {
     /// Queued for the session.
     Queued,
     /// Dropped under the overflow policy or because the session is gone or offline (QoS 0).
     Dropped,
+    /// The connected session's queue is full; the publisher keeps the delivery and retries.
+    Full(Delivery),
 }
 
 impl SessionHandle {
@@ -149,11 +151,15 @@ impl SessionHandle {
     }
 
     /// Queues a delivery, applying the session's limits and overflow policy.
+    ///
+    /// With `backpressure`, a QoS 1/2 delivery to a connected session whose queue is full is
+    /// returned as [`PushOutcome::Full`] for the publisher to retry, instead of being dropped.
     pub fn push(
         &self,
         delivery: Delivery,
         limits: &SessionLimits,
         metrics: &BrokerMetrics,
+        backpressure: bool,
     ) -> PushOutcome {
         let cost = delivery.message.cost_bytes();
         let mut mailbox = self.0.mailbox.lock();
@@ -167,6 +173,9 @@ impl SessionHandle {
         let is_full = mailbox.queue.len() >= limits.max_queued_messages
             || mailbox.queued_bytes + cost > limits.max_queued_bytes;
         if is_full {
+            if backpressure && mailbox.online && delivery.qos != QoS::AtMostOnce {
+                return PushOutcome::Full(delivery);
+            }
             metrics.dropped_queue_full.increment(1);
             match limits.queue_full_policy {
                 QueueFullPolicy::DropNewest => return PushOutcome::Dropped,

@@ -63,12 +63,49 @@ pub(super) struct Connection<T> {
     pub(super) request_problem_information: bool,
     /// Topic aliases of this connection, allocated on first use.
     pub(super) aliases: Option<Box<TopicAliases>>,
+    /// A publish waiting for room in full subscriber queues; reading stops meanwhile.
+    pub(super) blocked: Option<Box<Blocked>>,
     pub(super) will: Option<Box<LastWill>>,
+}
+
+/// How long a publisher waits for room in a full subscriber queue before the delivery is
+/// dropped (and counted), and how often it retries meanwhile.
+const BLOCKED_PATIENCE: std::time::Duration = std::time::Duration::from_secs(30);
+const BLOCKED_RETRY: std::time::Duration = std::time::Duration::from_millis(2);
+
+/// A publish held back by full subscriber queues (allocated only while blocked).
+pub(super) struct Blocked {
+    /// Deliveries not yet queued, with their sessions.
+    pub(super) pending: Vec<(SessionHandle, crate::message::Delivery)>,
+    /// The PUBACK/PUBREC to send once every delivery is queued.
+    pub(super) ack: Option<Packet>,
+    pub(super) give_up_at: Instant,
+    retry: std::pin::Pin<Box<tokio::time::Sleep>>,
+}
+
+impl Blocked {
+    pub(super) fn new(
+        pending: Vec<(SessionHandle, crate::message::Delivery)>,
+        ack: Option<Packet>,
+    ) -> Blocked {
+        let now = Instant::now();
+        Blocked {
+            pending,
+            ack,
+            give_up_at: now + BLOCKED_PATIENCE,
+            retry: Box::pin(tokio::time::sleep_until(now + BLOCKED_RETRY)),
+        }
+    }
+
+    pub(super) fn rearm(&mut self, now: Instant) {
+        self.retry.as_mut().reset(now + BLOCKED_RETRY);
+    }
 }
 
 /// What woke the session loop.
 enum LoopEvent {
     Notified,
+    RetryBlocked,
     Readable(io::Result<()>),
     Writable(io::Result<()>),
 }
@@ -480,6 +517,7 @@ async fn attach<T: Transport>(
             .request_problem_information
             .unwrap_or(true),
         aliases: None,
+        blocked: None,
         will: last_will,
     };
     connection.touch_keep_alive();
@@ -507,11 +545,16 @@ impl<T: Transport> Connection<T> {
                 return close;
             }
             // Readiness is polled in place (no stored futures), which keeps the idle task small.
-            let want_read = self.wbuf.len() < MAX_PENDING_WRITE_BYTES;
+            let want_read = self.wbuf.len() < MAX_PENDING_WRITE_BYTES && self.blocked.is_none();
             let want_write = !self.wbuf.is_empty();
             let event = std::future::poll_fn(|cx| {
                 if self.handle.poll_notified(cx).is_ready() {
                     return Poll::Ready(LoopEvent::Notified);
+                }
+                if let Some(blocked) = self.blocked.as_mut() {
+                    if std::future::Future::poll(blocked.retry.as_mut(), cx).is_ready() {
+                        return Poll::Ready(LoopEvent::RetryBlocked);
+                    }
                 }
                 if want_write {
                     if let Poll::Ready(ready) = self.transport.poll_write_ready(cx) {
@@ -528,6 +571,7 @@ impl<T: Transport> Connection<T> {
             .await;
             let result = match event {
                 LoopEvent::Notified => self.on_notified(),
+                LoopEvent::RetryBlocked => self.retry_blocked(),
                 LoopEvent::Writable(Ok(())) => Ok(()),
                 LoopEvent::Readable(Ok(())) => self.on_readable(),
                 LoopEvent::Writable(Err(_)) | LoopEvent::Readable(Err(_)) => Err(Close::Network),
@@ -569,9 +613,13 @@ impl<T: Transport> Connection<T> {
     }
 
     /// Decodes and handles every complete packet in the read buffer.
-    fn process_buffered(&mut self) -> Result<(), Close> {
+    pub(super) fn process_buffered(&mut self) -> Result<(), Close> {
         let max_packet_size = self.broker.inner.limits.max_packet_size as usize;
         loop {
+            if self.blocked.is_some() {
+                // A held publish must be settled before the next packet is handled.
+                break;
+            }
             match decode_packet(&mut self.rbuf, max_packet_size, Some(self.version)) {
                 Ok(Some(packet)) => self.handle_packet(packet)?,
                 Ok(None) => break,

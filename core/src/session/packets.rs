@@ -14,8 +14,8 @@ use crate::{
     },
     message::{Delivery, Message, SubscriptionIds},
     session::{
-        connection::{Close, Connection, MAX_PENDING_WRITE_BYTES},
-        Outbound, OutboundState, StoredSubscription,
+        connection::{Blocked, Close, Connection, MAX_PENDING_WRITE_BYTES},
+        Outbound, OutboundState, PushOutcome, StoredSubscription,
     },
     topic::{self, TopicFilter},
     transport::Transport,
@@ -192,13 +192,57 @@ impl<T: Transport> Connection<T> {
             expires_at,
             publisher: self.state.id,
         });
-        let num_queued = self.broker.inner.router.publish(&message);
+        let mut blocked = Vec::new();
+        let backpressure = (publish.qos != QoS::AtMostOnce).then_some(&mut blocked);
+        let num_queued = self
+            .broker
+            .inner
+            .router
+            .publish_with_backpressure(&message, backpressure);
         let reason_code = if num_queued == 0 && self.version.is_v5() {
             ReasonCode::NoMatchingSubscribers
         } else {
             ReasonCode::Success
         };
-        self.acknowledge_publish(&publish, reason_code)
+        if blocked.is_empty() {
+            return self.acknowledge_publish(&publish, reason_code);
+        }
+        // Some subscriber's queue is full: hold the acknowledgement and stop reading until
+        // every delivery is queued, so a flood slows its publisher instead of losing messages.
+        let ack = self.publish_ack(&publish, reason_code);
+        self.blocked = Some(Box::new(Blocked::new(blocked, ack)));
+        Ok(())
+    }
+
+    /// Retries the deliveries a full subscriber queue refused; once all are queued (or the
+    /// patience runs out, then the rest is dropped and counted) sends the held acknowledgement.
+    pub(super) fn retry_blocked(&mut self) -> Result<(), Close> {
+        let Some(mut blocked) = self.blocked.take() else {
+            return Ok(());
+        };
+        let limits = self.broker.inner.limits.clone();
+        let metrics = &self.broker.inner.metrics;
+        let pending = std::mem::take(&mut blocked.pending);
+        for (session, delivery) in pending {
+            if let PushOutcome::Full(delivery) = session.push(delivery, &limits, metrics, true) {
+                blocked.pending.push((session, delivery));
+            }
+        }
+        let now = Instant::now();
+        if !blocked.pending.is_empty() && now < blocked.give_up_at {
+            blocked.rearm(now);
+            self.blocked = Some(blocked);
+            return Ok(());
+        }
+        if !blocked.pending.is_empty() {
+            metrics
+                .dropped_queue_full
+                .increment(blocked.pending.len() as u64);
+        }
+        if let Some(ack) = blocked.ack.take() {
+            self.write_packet(ack);
+        }
+        self.process_buffered()
     }
 
     fn acknowledge_publish(
@@ -206,19 +250,26 @@ impl<T: Transport> Connection<T> {
         publish: &Publish,
         reason_code: ReasonCode,
     ) -> Result<(), Close> {
+        if let Some(ack) = self.publish_ack(publish, reason_code) {
+            self.write_packet(ack);
+        }
+        Ok(())
+    }
+
+    /// Builds the PUBACK/PUBREC of an inbound publish and records a QoS 2 packet id.
+    fn publish_ack(&mut self, publish: &Publish, reason_code: ReasonCode) -> Option<Packet> {
         match (publish.qos, publish.packet_id) {
             (QoS::AtLeastOnce, Some(packet_id)) => {
-                self.write_packet(Packet::PubAck(ack(packet_id, reason_code)))
+                Some(Packet::PubAck(ack(packet_id, reason_code)))
             }
             (QoS::ExactlyOnce, Some(packet_id)) => {
                 if !reason_code.is_error() {
                     self.state.inbound_qos2.insert(packet_id.get());
                 }
-                self.write_packet(Packet::PubRec(ack(packet_id, reason_code)));
+                Some(Packet::PubRec(ack(packet_id, reason_code)))
             }
-            _ => {}
+            _ => None,
         }
-        Ok(())
     }
 
     fn on_puback(&mut self, packet_id: PacketId) {
@@ -350,7 +401,7 @@ impl<T: Transport> Connection<T> {
                 subscription_ids,
             };
             self.handle
-                .push(delivery, &limits, &self.broker.inner.metrics);
+                .push(delivery, &limits, &self.broker.inner.metrics, false);
         }
         Ok(())
     }

@@ -1,0 +1,336 @@
+//! Write batches: what the engine asks to store, and how a backend turns it into puts/deletes.
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+
+use crate::storage::{
+    message_key, packet_id_key, queue_key,
+    records::{InflightRecord, InflightState, MessageRecord, QueueRecord, Record, SessionRecord},
+    records::{SubscriptionRecord, WillRecord},
+    session_key_prefix, subscription_key, KeyValue, Keyspace, StorageError,
+};
+
+/// One operation of a [`WriteBatch`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BatchOp {
+    /// Stores `value` under `key`.
+    Put {
+        /// Keyspace.
+        keyspace: Keyspace,
+        /// Key.
+        key: Vec<u8>,
+        /// Value.
+        value: Vec<u8>,
+    },
+    /// Removes `key` (absent keys are fine).
+    Delete {
+        /// Keyspace.
+        keyspace: Keyspace,
+        /// Key.
+        key: Vec<u8>,
+    },
+    /// Adds `delta` to the reference count of a shared message; when the count ends the batch
+    /// at zero or below, the message and its count are deleted.
+    MessageRef {
+        /// The message.
+        message_id: u64,
+        /// Change of the count.
+        delta: i64,
+    },
+    /// Removes a session with its subscriptions, queue, in-flight and inbound QoS 2 entries and
+    /// its will, releasing the message references they held. It sees what earlier batches wrote,
+    /// not the operations before it in the same batch, so put it first.
+    DeleteSession {
+        /// Client identifier.
+        client_id: String,
+    },
+}
+
+/// Operations applied atomically: after a crash either all of them are there or none.
+///
+/// The helpers keep message reference counts right; [`WriteBatch::push`] is the raw form.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WriteBatch {
+    ops: Vec<BatchOp>,
+}
+
+impl WriteBatch {
+    /// Creates an empty batch.
+    pub fn new() -> WriteBatch {
+        WriteBatch::default()
+    }
+
+    /// Returns the operations in order.
+    pub fn ops(&self) -> &[BatchOp] {
+        &self.ops
+    }
+
+    /// Returns true when the batch has no operations.
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+
+    /// Returns the number of operations.
+    pub fn len(&self) -> usize {
+        self.ops.len()
+    }
+
+    /// Appends a raw operation.
+    pub fn push(&mut self, op: BatchOp) -> &mut WriteBatch {
+        self.ops.push(op);
+        self
+    }
+
+    fn put(&mut self, keyspace: Keyspace, key: Vec<u8>, value: Vec<u8>) -> &mut WriteBatch {
+        self.push(BatchOp::Put {
+            keyspace,
+            key,
+            value,
+        })
+    }
+
+    fn delete(&mut self, keyspace: Keyspace, key: Vec<u8>) -> &mut WriteBatch {
+        self.push(BatchOp::Delete { keyspace, key })
+    }
+
+    fn message_ref(&mut self, message_id: u64, delta: i64) -> &mut WriteBatch {
+        self.push(BatchOp::MessageRef { message_id, delta })
+    }
+
+    /// Stores or replaces a session's metadata.
+    pub fn put_session(&mut self, session: &SessionRecord) -> &mut WriteBatch {
+        let key = session.client_id.as_bytes().to_vec();
+        self.put(Keyspace::Sessions, key, session.to_vec())
+    }
+
+    /// Removes a session and everything it owns (see [`BatchOp::DeleteSession`]).
+    pub fn delete_session(&mut self, client_id: &str) -> &mut WriteBatch {
+        self.push(BatchOp::DeleteSession {
+            client_id: client_id.to_owned(),
+        })
+    }
+
+    /// Stores or replaces one subscription.
+    pub fn put_subscription(
+        &mut self,
+        client_id: &str,
+        subscription: &SubscriptionRecord,
+    ) -> &mut WriteBatch {
+        let key = subscription_key(client_id, &subscription.topic_filter);
+        self.put(Keyspace::Subscriptions, key, subscription.to_vec())
+    }
+
+    /// Removes one subscription.
+    pub fn delete_subscription(&mut self, client_id: &str, topic_filter: &str) -> &mut WriteBatch {
+        self.delete(Keyspace::Subscriptions, subscription_key(client_id, topic_filter))
+    }
+
+    /// Stores a shared message once. It holds no reference by itself: add the queue or in-flight
+    /// entries that reference it in the same batch, or it is removed when the batch ends.
+    pub fn put_message(&mut self, message_id: u64, message: &MessageRecord) -> &mut WriteBatch {
+        let key = message_key(message_id).to_vec();
+        self.put(Keyspace::Messages, key, message.to_vec());
+        self.message_ref(message_id, 0)
+    }
+
+    /// Appends a delivery to a session's offline queue, taking a message reference.
+    pub fn push_queue(&mut self, client_id: &str, sequence: u64, entry: &QueueRecord) -> &mut WriteBatch {
+        self.put(Keyspace::OfflineQueue, queue_key(client_id, sequence), entry.to_vec());
+        self.message_ref(entry.message_id, 1)
+    }
+
+    /// Removes a delivery from a session's offline queue, releasing its message reference.
+    pub fn remove_queue(&mut self, client_id: &str, sequence: u64, message_id: u64) -> &mut WriteBatch {
+        self.delete(Keyspace::OfflineQueue, queue_key(client_id, sequence));
+        self.message_ref(message_id, -1)
+    }
+
+    /// Stores an outbound in-flight entry; `previous` is the entry it replaces under the same
+    /// packet id, if any, so references move with the state (PUBREC releases the message).
+    pub fn put_inflight(
+        &mut self,
+        client_id: &str,
+        entry: &InflightRecord,
+        previous: Option<&InflightRecord>,
+    ) -> &mut WriteBatch {
+        let key = packet_id_key(client_id, entry.packet_id);
+        self.put(Keyspace::OutboundInflight, key, entry.to_vec());
+        if let InflightState::Published { message_id } = entry.state {
+            self.message_ref(message_id, 1);
+        }
+        if let Some(InflightRecord {
+            state: InflightState::Published { message_id },
+            ..
+        }) = previous
+        {
+            self.message_ref(*message_id, -1);
+        }
+        self
+    }
+
+    /// Removes an outbound in-flight entry (PUBACK or PUBCOMP received).
+    pub fn remove_inflight(&mut self, client_id: &str, entry: &InflightRecord) -> &mut WriteBatch {
+        let key = packet_id_key(client_id, entry.packet_id);
+        self.delete(Keyspace::OutboundInflight, key);
+        if let InflightState::Published { message_id } = entry.state {
+            self.message_ref(message_id, -1);
+        }
+        self
+    }
+
+    /// Records an inbound QoS 2 packet id awaiting PUBREL.
+    pub fn put_inbound_qos2(&mut self, client_id: &str, packet_id: u16) -> &mut WriteBatch {
+        self.put(Keyspace::InboundQos2, packet_id_key(client_id, packet_id), Vec::new())
+    }
+
+    /// Forgets an inbound QoS 2 packet id (PUBREL received).
+    pub fn delete_inbound_qos2(&mut self, client_id: &str, packet_id: u16) -> &mut WriteBatch {
+        self.delete(Keyspace::InboundQos2, packet_id_key(client_id, packet_id))
+    }
+
+    /// Stores or replaces the retained message of its topic.
+    pub fn put_retained(&mut self, message: &MessageRecord) -> &mut WriteBatch {
+        let key = message.topic.as_bytes().to_vec();
+        self.put(Keyspace::Retained, key, message.to_vec())
+    }
+
+    /// Removes the retained message of a topic.
+    pub fn delete_retained(&mut self, topic: &str) -> &mut WriteBatch {
+        self.delete(Keyspace::Retained, topic.as_bytes().to_vec())
+    }
+
+    /// Stores or replaces a session's pending will.
+    pub fn put_will(&mut self, client_id: &str, will: &WillRecord) -> &mut WriteBatch {
+        self.put(Keyspace::Wills, client_id.as_bytes().to_vec(), will.to_vec())
+    }
+
+    /// Removes a session's pending will (published, or the client disconnected normally).
+    pub fn delete_will(&mut self, client_id: &str) -> &mut WriteBatch {
+        self.delete(Keyspace::Wills, client_id.as_bytes().to_vec())
+    }
+}
+
+/// Read access a backend offers while it resolves a batch: committed state, or its open write
+/// transaction (which includes the earlier batches of the same group).
+pub(crate) trait ReadView {
+    /// Reads one key.
+    fn get_raw(&self, keyspace: Keyspace, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError>;
+
+    /// Returns every entry under `prefix` (used for one session's entries, which the queue and
+    /// in-flight limits bound).
+    fn scan_prefix_all(&self, keyspace: Keyspace, prefix: &[u8]) -> Result<Vec<KeyValue>, StorageError>;
+}
+
+/// A resolved write: `Some(value)` puts, `None` deletes.
+pub(crate) type RawOp = (Keyspace, Vec<u8>, Option<Vec<u8>>);
+
+/// Turns a batch into plain puts and deletes: expands session deletes and applies reference
+/// count changes against `view`.
+pub(crate) fn resolve(batch: &WriteBatch, view: &dyn ReadView) -> Result<Vec<RawOp>, StorageError> {
+    let mut raw_ops = Vec::with_capacity(batch.ops.len() + 1);
+    let mut ref_deltas: BTreeMap<u64, i64> = BTreeMap::new();
+    for op in &batch.ops {
+        match op {
+            BatchOp::Put {
+                keyspace,
+                key,
+                value,
+            } => raw_ops.push((*keyspace, key.clone(), Some(value.clone()))),
+            BatchOp::Delete { keyspace, key } => raw_ops.push((*keyspace, key.clone(), None)),
+            BatchOp::MessageRef { message_id, delta } => {
+                *ref_deltas.entry(*message_id).or_default() += delta;
+            }
+            BatchOp::DeleteSession { client_id } => {
+                expand_delete_session(client_id, view, &mut raw_ops, &mut ref_deltas)?;
+            }
+        }
+    }
+    for (message_id, delta) in ref_deltas {
+        let key = message_key(message_id).to_vec();
+        let current = match view.get_raw(Keyspace::MessageRefs, &key)? {
+            None => 0,
+            Some(value) => decode_refcount(&value)?,
+        };
+        let new_count = i64::try_from(current).unwrap_or(i64::MAX).saturating_add(delta);
+        if new_count < 0 {
+            tracing::warn!(message_id, new_count, "message reference count went below zero");
+        }
+        if new_count <= 0 {
+            raw_ops.push((Keyspace::Messages, key.clone(), None));
+            raw_ops.push((Keyspace::MessageRefs, key, None));
+        } else {
+            let value = (new_count as u64).to_be_bytes().to_vec();
+            raw_ops.push((Keyspace::MessageRefs, key, Some(value)));
+        }
+    }
+    Ok(raw_ops)
+}
+
+fn expand_delete_session(
+    client_id: &str,
+    view: &dyn ReadView,
+    raw_ops: &mut Vec<RawOp>,
+    ref_deltas: &mut BTreeMap<u64, i64>,
+) -> Result<(), StorageError> {
+    let prefix = session_key_prefix(client_id);
+    for (key, value) in view.scan_prefix_all(Keyspace::OfflineQueue, &prefix)? {
+        let entry = decode_record::<QueueRecord>(Keyspace::OfflineQueue, value)?;
+        *ref_deltas.entry(entry.message_id).or_default() -= 1;
+        raw_ops.push((Keyspace::OfflineQueue, key, None));
+    }
+    for (key, value) in view.scan_prefix_all(Keyspace::OutboundInflight, &prefix)? {
+        let entry = decode_record::<InflightRecord>(Keyspace::OutboundInflight, value)?;
+        if let InflightState::Published { message_id } = entry.state {
+            *ref_deltas.entry(message_id).or_default() -= 1;
+        }
+        raw_ops.push((Keyspace::OutboundInflight, key, None));
+    }
+    for keyspace in [Keyspace::Subscriptions, Keyspace::InboundQos2] {
+        for (key, _) in view.scan_prefix_all(keyspace, &prefix)? {
+            raw_ops.push((keyspace, key, None));
+        }
+    }
+    raw_ops.push((Keyspace::Wills, client_id.as_bytes().to_vec(), None));
+    raw_ops.push((Keyspace::Sessions, client_id.as_bytes().to_vec(), None));
+    Ok(())
+}
+
+/// Decodes a stored record, naming the keyspace on failure.
+pub(crate) fn decode_record<T: Record>(keyspace: Keyspace, value: Vec<u8>) -> Result<T, StorageError> {
+    T::decode(Bytes::from(value)).map_err(|error| StorageError::CorruptRecord {
+        keyspace: keyspace.name(),
+        reason: error.to_string(),
+    })
+}
+
+/// Decodes a stored reference count.
+pub(crate) fn decode_refcount(value: &[u8]) -> Result<u64, StorageError> {
+    let bytes: [u8; 8] = value.try_into().map_err(|_| StorageError::CorruptRecord {
+        keyspace: Keyspace::MessageRefs.name(),
+        reason: format!("reference count of {} bytes, expected 8", value.len()),
+    })?;
+    Ok(u64::from_be_bytes(bytes))
+}
+
+/// Pages through a prefix with [`crate::storage::Store::scan`]; the generic [`ReadView`] of a
+/// backend whose reads see its applied batches.
+pub(crate) fn scan_all_with(
+    prefix: &[u8],
+    mut scan_page: impl FnMut(Option<&[u8]>) -> Result<Vec<KeyValue>, StorageError>,
+) -> Result<Vec<KeyValue>, StorageError> {
+    let mut entries: Vec<KeyValue> = Vec::new();
+    loop {
+        let start_after = entries.last().map(|(key, _)| key.clone());
+        let page = scan_page(start_after.as_deref())?;
+        let done = page.len() < SCAN_PAGE;
+        entries.extend(page);
+        if done {
+            debug_assert!(entries.iter().all(|(key, _)| key.starts_with(prefix)));
+            return Ok(entries);
+        }
+    }
+}
+
+/// Page size of internal full scans.
+pub(crate) const SCAN_PAGE: usize = 1024;

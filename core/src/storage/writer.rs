@@ -1,0 +1,362 @@
+//! Group commit: one storage thread applies the batches of many sessions and flushes once per
+//! group; each request completes after the flush that made it durable.
+
+use std::{
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use metrics::{counter, histogram, Counter, Histogram};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::storage::{StorageError, Store, WriteBatch};
+
+/// When the writer syncs to disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FsyncPolicy {
+    /// Flush after every group, before any request of the group completes: an acknowledged
+    /// write survives a crash. The default.
+    Always,
+    /// Complete requests once applied; flush every `background_flush_interval` and at shutdown.
+    /// Faster, but a crash loses up to that interval of acknowledged writes.
+    Never,
+}
+
+/// Settings of a [`StorageWriter`]; node owns the defaults (`storage.*` keys).
+#[derive(Debug, Clone)]
+pub struct StorageWriterConfig {
+    /// How long the writer waits for more batches after the first one of a group (e.g. 2 ms).
+    pub max_batch_delay: Duration,
+    /// At most this many batches per group.
+    pub max_group_batches: usize,
+    /// Capacity of the request channel; senders wait when it is full.
+    pub channel_capacity: usize,
+    /// Sync policy.
+    pub fsync: FsyncPolicy,
+    /// With [`FsyncPolicy::Never`], the longest time applied batches stay unflushed.
+    pub background_flush_interval: Duration,
+}
+
+impl StorageWriterConfig {
+    /// Returns a small configuration for tests.
+    pub fn for_test() -> StorageWriterConfig {
+        StorageWriterConfig {
+            max_batch_delay: Duration::from_millis(2),
+            max_group_batches: 256,
+            channel_capacity: 1024,
+            fsync: FsyncPolicy::Always,
+            background_flush_interval: Duration::from_millis(100),
+        }
+    }
+}
+
+/// Counters of a writer, also exported as `starling_storage_*` metrics.
+#[derive(Debug, Default)]
+pub struct StorageWriterCounters {
+    /// Batches applied.
+    pub num_batches: AtomicU64,
+    /// Groups applied (each one apply call, and one flush with [`FsyncPolicy::Always`]).
+    pub num_groups: AtomicU64,
+    /// Flushes done.
+    pub num_flushes: AtomicU64,
+    /// The largest group seen, in batches.
+    pub largest_group_batches: AtomicU64,
+    /// Failed applies or flushes (the first one stops the writer from accepting more).
+    pub num_failures: AtomicU64,
+}
+
+/// Why [`StorageWriter::try_submit`] did not take a batch.
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    /// The request channel is full; the batch is handed back.
+    #[error("storage writer queue is full")]
+    Full(WriteBatch),
+    /// The writer thread has stopped.
+    #[error("storage writer has stopped")]
+    Stopped,
+}
+
+/// Completes when the submitted batch is durable (or applied, with [`FsyncPolicy::Never`]).
+#[derive(Debug)]
+pub struct CommitTicket {
+    done: oneshot::Receiver<Result<(), StorageError>>,
+}
+
+impl CommitTicket {
+    /// Waits for the outcome.
+    ///
+    /// # Errors
+    /// Returns the apply or flush error of the group, or [`StorageError::WriterStopped`].
+    pub async fn wait(self) -> Result<(), StorageError> {
+        self.done.await.unwrap_or(Err(StorageError::WriterStopped))
+    }
+
+    /// Waits for the outcome from a thread outside any async runtime.
+    ///
+    /// # Errors
+    /// As [`CommitTicket::wait`].
+    pub fn blocking_wait(self) -> Result<(), StorageError> {
+        self.done.blocking_recv().unwrap_or(Err(StorageError::WriterStopped))
+    }
+}
+
+struct WriteRequest {
+    batch: WriteBatch,
+    /// Completed once after the group's flush; dropped unanswered only if the thread dies.
+    done: oneshot::Sender<Result<(), StorageError>>,
+}
+
+/// Handle to the storage writer thread; clone it into every session.
+///
+/// The thread flushes and exits once every handle is dropped; join the handle returned by
+/// [`StorageWriter::spawn`] to wait for that final flush at shutdown.
+#[derive(Clone)]
+pub struct StorageWriter {
+    /// Bounded (`channel_capacity`): when full, [`StorageWriter::commit`] waits, which stalls
+    /// the calling session and, through it, its client's socket. Never unbounded.
+    sender: mpsc::Sender<WriteRequest>,
+    counters: Arc<StorageWriterCounters>,
+}
+
+impl StorageWriter {
+    /// Starts the writer thread over `store`.
+    ///
+    /// # Errors
+    /// Returns [`StorageError::Backend`] when the thread or its timer runtime cannot start.
+    pub fn spawn(
+        store: Arc<dyn Store>,
+        config: StorageWriterConfig,
+    ) -> Result<(StorageWriter, JoinHandle<()>), StorageError> {
+        let engine = store.engine();
+        let (sender, receiver) = mpsc::channel(config.channel_capacity.max(1));
+        let counters = Arc::new(StorageWriterCounters::default());
+        // A private current-thread runtime only to receive with a deadline; the store calls run
+        // outside `block_on`, on this dedicated thread.
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .map_err(|error| StorageError::backend(engine, error))?;
+        let mut writer_loop = WriterLoop {
+            store,
+            config,
+            receiver,
+            runtime,
+            counters: counters.clone(),
+            metrics: WriterMetrics::new(),
+            failure: None,
+            unflushed_since: None,
+        };
+        let join_handle = std::thread::Builder::new()
+            .name("starling-storage".to_owned())
+            .spawn(move || writer_loop.run())
+            .map_err(|error| StorageError::backend(engine, error))?;
+        Ok((StorageWriter { sender, counters }, join_handle))
+    }
+
+    /// Submits a batch, waiting for channel capacity, then for durability.
+    ///
+    /// # Errors
+    /// Returns the group's apply or flush error, [`StorageError::WriterFailed`] after an earlier
+    /// failure, or [`StorageError::WriterStopped`].
+    pub async fn commit(&self, batch: WriteBatch) -> Result<(), StorageError> {
+        let (done, ticket) = ticket();
+        if self.sender.send(WriteRequest { batch, done }).await.is_err() {
+            return Err(StorageError::WriterStopped);
+        }
+        ticket.wait().await
+    }
+
+    /// Submits a batch without waiting for capacity.
+    ///
+    /// # Errors
+    /// Returns [`SubmitError::Full`] with the batch when the channel is full.
+    pub fn try_submit(&self, batch: WriteBatch) -> Result<CommitTicket, SubmitError> {
+        let (done, ticket) = ticket();
+        match self.sender.try_send(WriteRequest { batch, done }) {
+            Ok(()) => Ok(ticket),
+            Err(mpsc::error::TrySendError::Full(request)) => Err(SubmitError::Full(request.batch)),
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(SubmitError::Stopped),
+        }
+    }
+
+    /// Submits a batch and waits for durability, from a thread outside any async runtime.
+    ///
+    /// # Errors
+    /// As [`StorageWriter::commit`].
+    pub fn blocking_commit(&self, batch: WriteBatch) -> Result<(), StorageError> {
+        let (done, ticket) = ticket();
+        if self.sender.blocking_send(WriteRequest { batch, done }).is_err() {
+            return Err(StorageError::WriterStopped);
+        }
+        ticket.blocking_wait()
+    }
+
+    /// Returns the writer's counters.
+    pub fn counters(&self) -> &StorageWriterCounters {
+        &self.counters
+    }
+}
+
+fn ticket() -> (oneshot::Sender<Result<(), StorageError>>, CommitTicket) {
+    let (done, receiver) = oneshot::channel();
+    (done, CommitTicket { done: receiver })
+}
+
+struct WriterMetrics {
+    batches_total: Counter,
+    flushes_total: Counter,
+    failures_total: Counter,
+    group_batches: Histogram,
+    flush_duration_seconds: Histogram,
+}
+
+impl WriterMetrics {
+    fn new() -> WriterMetrics {
+        WriterMetrics {
+            batches_total: counter!("starling_storage_batches_total"),
+            flushes_total: counter!("starling_storage_flushes_total"),
+            failures_total: counter!("starling_storage_failures_total"),
+            group_batches: histogram!("starling_storage_group_batches"),
+            flush_duration_seconds: histogram!("starling_storage_flush_duration_seconds"),
+        }
+    }
+}
+
+struct WriterLoop {
+    store: Arc<dyn Store>,
+    config: StorageWriterConfig,
+    receiver: mpsc::Receiver<WriteRequest>,
+    runtime: tokio::runtime::Runtime,
+    counters: Arc<StorageWriterCounters>,
+    metrics: WriterMetrics,
+    /// The first failure; once set every request is refused, since durability is unknown.
+    failure: Option<String>,
+    /// With `FsyncPolicy::Never`: when the oldest unflushed group was applied.
+    unflushed_since: Option<Instant>,
+}
+
+impl WriterLoop {
+    fn run(&mut self) {
+        loop {
+            let Some(first) = self.receive_first() else {
+                break;
+            };
+            let group = self.collect_group(first);
+            self.commit_group(group);
+        }
+        if self.unflushed_since.is_some() && self.failure.is_none() {
+            if let Err(error) = self.flush() {
+                tracing::error!(%error, "final storage flush failed");
+            }
+        }
+    }
+
+    /// Waits for the first request of a group, doing background flushes while idle.
+    fn receive_first(&mut self) -> Option<WriteRequest> {
+        loop {
+            let Some(unflushed_since) = self.unflushed_since else {
+                return self.runtime.block_on(self.receiver.recv());
+            };
+            let flush_at = unflushed_since + self.config.background_flush_interval;
+            let received = self.runtime.block_on(tokio::time::timeout_at(
+                flush_at.into(),
+                self.receiver.recv(),
+            ));
+            match received {
+                Ok(request) => return request,
+                Err(_elapsed) => {
+                    if let Err(error) = self.flush() {
+                        self.fail(&error);
+                    }
+                }
+            }
+        }
+    }
+
+    fn collect_group(&mut self, first: WriteRequest) -> Vec<WriteRequest> {
+        let mut group = vec![first];
+        let deadline = Instant::now() + self.config.max_batch_delay;
+        while group.len() < self.config.max_group_batches {
+            match self.receiver.try_recv() {
+                Ok(request) => group.push(request),
+                Err(mpsc::error::TryRecvError::Disconnected) => break,
+                Err(mpsc::error::TryRecvError::Empty) => {
+                    if Instant::now() >= deadline {
+                        break;
+                    }
+                    let received = self
+                        .runtime
+                        .block_on(tokio::time::timeout_at(deadline.into(), self.receiver.recv()));
+                    match received {
+                        Ok(Some(request)) => group.push(request),
+                        Ok(None) | Err(_) => break,
+                    }
+                }
+            }
+        }
+        group
+    }
+
+    fn commit_group(&mut self, group: Vec<WriteRequest>) {
+        let num_batches = group.len() as u64;
+        let (batches, replies): (Vec<WriteBatch>, Vec<_>) =
+            group.into_iter().map(|request| (request.batch, request.done)).unzip();
+        let outcome = match &self.failure {
+            Some(reason) => Err(StorageError::WriterFailed {
+                reason: reason.clone(),
+            }),
+            None => self.apply_and_maybe_flush(&batches),
+        };
+        if let Err(error) = &outcome {
+            if self.failure.is_none() {
+                self.fail(error);
+            }
+        } else {
+            self.counters.num_batches.fetch_add(num_batches, Ordering::Relaxed);
+            self.counters.num_groups.fetch_add(1, Ordering::Relaxed);
+            self.counters
+                .largest_group_batches
+                .fetch_max(num_batches, Ordering::Relaxed);
+            self.metrics.batches_total.increment(num_batches);
+            self.metrics.group_batches.record(num_batches as f64);
+        }
+        for reply in replies {
+            // A requester that stopped waiting (its session ended) is fine to ignore.
+            let _ = reply.send(outcome.clone());
+        }
+    }
+
+    fn apply_and_maybe_flush(&mut self, batches: &[WriteBatch]) -> Result<(), StorageError> {
+        self.store.apply(batches)?;
+        match self.config.fsync {
+            FsyncPolicy::Always => self.flush(),
+            FsyncPolicy::Never => {
+                self.unflushed_since.get_or_insert_with(Instant::now);
+                Ok(())
+            }
+        }
+    }
+
+    fn flush(&mut self) -> Result<(), StorageError> {
+        let started = Instant::now();
+        self.store.flush()?;
+        self.unflushed_since = None;
+        self.counters.num_flushes.fetch_add(1, Ordering::Relaxed);
+        self.metrics.flushes_total.increment(1);
+        self.metrics
+            .flush_duration_seconds
+            .record(started.elapsed().as_secs_f64());
+        Ok(())
+    }
+
+    fn fail(&mut self, error: &StorageError) {
+        tracing::error!(%error, engine = self.store.engine(), "storage write failed; refusing further writes");
+        self.counters.num_failures.fetch_add(1, Ordering::Relaxed);
+        self.metrics.failures_total.increment(1);
+        self.failure = Some(error.to_string());
+    }
+}
