@@ -13,6 +13,8 @@ use tokio::{
 };
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
+use ractor::Actor;
+
 use crate::{
     codec::ReasonCode,
     config::{BrokerConfig, SessionLimits},
@@ -21,6 +23,7 @@ use crate::{
     registry::{RegistryContext, SessionRegistry},
     router::Router,
     session::run_connection,
+    supervisor::BrokerSupervisor,
 };
 
 /// Errors starting the broker.
@@ -38,6 +41,8 @@ pub(crate) struct BrokerInner {
     pub(crate) metrics: BrokerMetrics,
     /// Bounds simultaneous connections: a permit is taken before `accept`.
     connection_limit: Arc<Semaphore>,
+    /// Cancelled by the supervisor when a shard actor fails.
+    fatal: CancellationToken,
     /// Every connection task, so shutdown can wait for them.
     connections: TaskTracker,
 }
@@ -56,10 +61,20 @@ impl Broker {
     pub async fn start(config: BrokerConfig) -> Result<Broker, BrokerError> {
         let limits = Arc::new(config.limits);
         let metrics = BrokerMetrics::register();
+        let fatal = CancellationToken::new();
+        let (supervisor, _join) = Actor::spawn(
+            None,
+            BrokerSupervisor {
+                fatal: fatal.clone(),
+            },
+            (),
+        )
+        .await?;
         let (router, _shards) = Router::start(
             config.num_topic_shards.max(1),
             limits.clone(),
             metrics.clone(),
+            supervisor.get_cell(),
         )
         .await?;
         let registry = SessionRegistry::start(
@@ -70,6 +85,7 @@ impl Broker {
                 next_session_id: AtomicU64::new(1),
                 epoch: Instant::now(),
             },
+            supervisor.get_cell(),
         )
         .await?;
         let inner = BrokerInner {
@@ -78,11 +94,18 @@ impl Broker {
             registry,
             metrics,
             connection_limit: Arc::new(Semaphore::new(config.max_connections)),
+            fatal,
             connections: TaskTracker::new(),
         };
         Ok(Broker {
             inner: Arc::new(inner),
         })
+    }
+
+    /// Completes when an actor of the broker failed and the node must shut down (see
+    /// `supervisor`); the node then exits non-zero so that it is restarted cleanly.
+    pub async fn fatal_error(&self) {
+        self.inner.fatal.cancelled().await;
     }
 
     /// Returns the router (topic shards).

@@ -7,6 +7,7 @@
 //! - [`session`]: session handles (bounded mailboxes) and the connection task that runs a session.
 //! - [`registry`]: session-registry shard actors supervising sessions and their timers.
 //! - [`broker`]: wiring, accept loop and shutdown of one node's engine.
+//! - `supervisor`: the ractor supervisor of the shard actors (fail fast on a broken invariant).
 
 pub mod broker;
 pub mod codec;
@@ -16,6 +17,7 @@ pub mod metrics;
 pub mod registry;
 pub mod router;
 pub mod session;
+mod supervisor;
 pub mod topic;
 pub mod transport;
 

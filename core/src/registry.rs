@@ -313,16 +313,18 @@ impl SessionRegistry {
     pub(crate) async fn start(
         num_shards: usize,
         context: RegistryContext,
+        supervisor: ractor::ActorCell,
     ) -> Result<SessionRegistry, ractor::SpawnErr> {
         let context = Arc::new(context);
         let mut shards = Vec::with_capacity(num_shards);
         for _ in 0..num_shards {
-            let (actor, _join) = Actor::spawn(
+            let (actor, _join) = Actor::spawn_linked(
                 None,
                 RegistryShard {
                     context: context.clone(),
                 },
                 (),
+                supervisor.clone(),
             )
             .await?;
             shards.push(actor);

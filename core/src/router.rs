@@ -69,13 +69,19 @@ impl Router {
         num_shards: usize,
         limits: Arc<SessionLimits>,
         metrics: BrokerMetrics,
+        supervisor: ractor::ActorCell,
     ) -> Result<(Router, Vec<ActorRef<ShardMessage>>), ractor::SpawnErr> {
         let mut shards = Vec::with_capacity(num_shards + 1);
         let mut actors = Vec::with_capacity(num_shards + 1);
         for shard_idx in 0..=num_shards {
             let table = Arc::new(RwLock::new(ShardTable::default()));
-            let (actor, _join) =
-                Actor::spawn(None, TopicShard { shard_idx }, table.clone()).await?;
+            let (actor, _join) = Actor::spawn_linked(
+                None,
+                TopicShard { shard_idx },
+                table.clone(),
+                supervisor.clone(),
+            )
+            .await?;
             actors.push(actor.clone());
             shards.push(ShardRef { table, actor });
         }
@@ -90,6 +96,19 @@ impl Router {
             },
             actors,
         ))
+    }
+
+    /// Starts a router under a throwaway supervisor, for tests.
+    #[cfg(test)]
+    pub(crate) async fn start_for_test(
+        num_shards: usize,
+        limits: Arc<SessionLimits>,
+    ) -> Result<(Router, Vec<ActorRef<ShardMessage>>), ractor::SpawnErr> {
+        let supervisor = crate::supervisor::BrokerSupervisor {
+            fatal: tokio_util::sync::CancellationToken::new(),
+        };
+        let (supervisor, _join) = Actor::spawn(None, supervisor, ()).await?;
+        Router::start(num_shards, limits, BrokerMetrics::register(), supervisor.get_cell()).await
     }
 
     fn num_literal_shards(&self) -> usize {

@@ -100,10 +100,15 @@ async fn serve(config: NodeConfig, log_control: starling_node::LogControl) -> an
     let node = start_node_with(config, options).await?;
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("cannot install SIGTERM handler")?;
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
-        _ = sigterm.recv() => tracing::info!("SIGTERM received"),
-    }
+    let broker = node.broker.clone();
+    let fatal = tokio::select! {
+        _ = tokio::signal::ctrl_c() => { tracing::info!("SIGINT received"); false }
+        _ = sigterm.recv() => { tracing::info!("SIGTERM received"); false }
+        () = broker.fatal_error() => { tracing::error!("an engine actor failed"); true }
+    };
     node.shutdown().await;
+    if fatal {
+        anyhow::bail!("an engine actor failed; exiting so that the node is restarted cleanly");
+    }
     Ok(())
 }

@@ -126,7 +126,6 @@ mod tests {
     use crate::{
         codec::{ProtocolVersion, PublishProperties, QoS},
         config::SessionLimits,
-        metrics::BrokerMetrics,
         session::{SessionHandle, SessionState},
         topic::TopicFilter,
     };
@@ -152,7 +151,7 @@ mod tests {
     #[tokio::test]
     async fn subscriptions_of_rebuilds_every_kind_of_filter() {
         let limits = Arc::new(SessionLimits::for_test());
-        let (router, _) = Router::start(4, limits, BrokerMetrics::register())
+        let (router, _) = Router::start_for_test(4, limits)
             .await
             .unwrap();
         let session = session_for_test(1);
@@ -200,7 +199,7 @@ mod tests {
     #[tokio::test]
     async fn retained_messages_are_listed_and_cleared_by_filter() {
         let limits = Arc::new(SessionLimits::for_test());
-        let (router, _) = Router::start(4, limits, BrokerMetrics::register())
+        let (router, _) = Router::start_for_test(4, limits)
             .await
             .unwrap();
         for topic in ["a/1", "a/2", "b/1", "$SYS/x"] {
