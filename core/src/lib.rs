@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod registry;
 pub mod router;
 pub mod session;
+pub mod storage;
 mod supervisor;
 pub mod topic;
 pub mod transport;

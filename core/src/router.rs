@@ -108,7 +108,13 @@ impl Router {
             fatal: tokio_util::sync::CancellationToken::new(),
         };
         let (supervisor, _join) = Actor::spawn(None, supervisor, ()).await?;
-        Router::start(num_shards, limits, BrokerMetrics::register(), supervisor.get_cell()).await
+        Router::start(
+            num_shards,
+            limits,
+            BrokerMetrics::register(),
+            supervisor.get_cell(),
+        )
+        .await
     }
 
     fn num_literal_shards(&self) -> usize {

@@ -23,16 +23,20 @@ mod sled_store;
 mod writer;
 
 #[cfg(test)]
+mod crash_tests;
+#[cfg(test)]
 mod records_tests;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod throughput_tests;
 
 use std::path::PathBuf;
 
 pub use batch::{BatchOp, WriteBatch};
 pub use memory::{MemoryDisk, MemoryStore};
 pub use recovery::{
-    plan_expiry_sweep, recover, RecoveredSession, RecoveredState, RecoveryCounts,
+    plan_expiry_sweep, recover, ExpirySweep, RecoveredSession, RecoveredState, RecoveryCounts,
 };
 pub use redb_store::RedbStore;
 pub use sled_store::SledStore;
@@ -68,7 +72,7 @@ pub enum Keyspace {
     Messages = 6,
     /// Message id (u64 BE) → reference count (u64 BE); maintained by the store.
     MessageRefs = 7,
-    /// Topic name → [`records::RetainedRecord`].
+    /// Topic name → [`records::MessageRecord`] (retained messages are stored inline).
     Retained = 8,
     /// Client id → [`records::WillRecord`] (wills waiting for their delay or session end).
     Wills = 9,
@@ -264,17 +268,4 @@ pub(crate) fn split_session_key(key: &[u8]) -> Option<(&str, &[u8])> {
     }
     let (client_id, suffix) = rest.split_at(len);
     Some((std::str::from_utf8(client_id).ok()?, suffix))
-}
-
-/// Returns the smallest key greater than every key starting with `prefix`, or `None` when no
-/// such key exists (the prefix is empty or all `0xFF`).
-pub(crate) fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < u8::MAX {
-            end.push(last + 1);
-            return Some(end);
-        }
-    }
-    None
 }

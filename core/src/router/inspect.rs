@@ -151,9 +151,7 @@ mod tests {
     #[tokio::test]
     async fn subscriptions_of_rebuilds_every_kind_of_filter() {
         let limits = Arc::new(SessionLimits::for_test());
-        let (router, _) = Router::start_for_test(4, limits)
-            .await
-            .unwrap();
+        let (router, _) = Router::start_for_test(4, limits).await.unwrap();
         let session = session_for_test(1);
         let other = session_for_test(2);
         let raw_filters = [
@@ -199,9 +197,7 @@ mod tests {
     #[tokio::test]
     async fn retained_messages_are_listed_and_cleared_by_filter() {
         let limits = Arc::new(SessionLimits::for_test());
-        let (router, _) = Router::start_for_test(4, limits)
-            .await
-            .unwrap();
+        let (router, _) = Router::start_for_test(4, limits).await.unwrap();
         for topic in ["a/1", "a/2", "b/1", "$SYS/x"] {
             router.set_retained(topic, Some(retained_for_test(topic)));
         }

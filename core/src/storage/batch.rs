@@ -123,7 +123,10 @@ impl WriteBatch {
 
     /// Removes one subscription.
     pub fn delete_subscription(&mut self, client_id: &str, topic_filter: &str) -> &mut WriteBatch {
-        self.delete(Keyspace::Subscriptions, subscription_key(client_id, topic_filter))
+        self.delete(
+            Keyspace::Subscriptions,
+            subscription_key(client_id, topic_filter),
+        )
     }
 
     /// Stores a shared message once. It holds no reference by itself: add the queue or in-flight
@@ -135,13 +138,27 @@ impl WriteBatch {
     }
 
     /// Appends a delivery to a session's offline queue, taking a message reference.
-    pub fn push_queue(&mut self, client_id: &str, sequence: u64, entry: &QueueRecord) -> &mut WriteBatch {
-        self.put(Keyspace::OfflineQueue, queue_key(client_id, sequence), entry.to_vec());
+    pub fn push_queue(
+        &mut self,
+        client_id: &str,
+        sequence: u64,
+        entry: &QueueRecord,
+    ) -> &mut WriteBatch {
+        self.put(
+            Keyspace::OfflineQueue,
+            queue_key(client_id, sequence),
+            entry.to_vec(),
+        );
         self.message_ref(entry.message_id, 1)
     }
 
     /// Removes a delivery from a session's offline queue, releasing its message reference.
-    pub fn remove_queue(&mut self, client_id: &str, sequence: u64, message_id: u64) -> &mut WriteBatch {
+    pub fn remove_queue(
+        &mut self,
+        client_id: &str,
+        sequence: u64,
+        message_id: u64,
+    ) -> &mut WriteBatch {
         self.delete(Keyspace::OfflineQueue, queue_key(client_id, sequence));
         self.message_ref(message_id, -1)
     }
@@ -181,7 +198,11 @@ impl WriteBatch {
 
     /// Records an inbound QoS 2 packet id awaiting PUBREL.
     pub fn put_inbound_qos2(&mut self, client_id: &str, packet_id: u16) -> &mut WriteBatch {
-        self.put(Keyspace::InboundQos2, packet_id_key(client_id, packet_id), Vec::new())
+        self.put(
+            Keyspace::InboundQos2,
+            packet_id_key(client_id, packet_id),
+            Vec::new(),
+        )
     }
 
     /// Forgets an inbound QoS 2 packet id (PUBREL received).
@@ -202,7 +223,11 @@ impl WriteBatch {
 
     /// Stores or replaces a session's pending will.
     pub fn put_will(&mut self, client_id: &str, will: &WillRecord) -> &mut WriteBatch {
-        self.put(Keyspace::Wills, client_id.as_bytes().to_vec(), will.to_vec())
+        self.put(
+            Keyspace::Wills,
+            client_id.as_bytes().to_vec(),
+            will.to_vec(),
+        )
     }
 
     /// Removes a session's pending will (published, or the client disconnected normally).
@@ -219,7 +244,11 @@ pub(crate) trait ReadView {
 
     /// Returns every entry under `prefix` (used for one session's entries, which the queue and
     /// in-flight limits bound).
-    fn scan_prefix_all(&self, keyspace: Keyspace, prefix: &[u8]) -> Result<Vec<KeyValue>, StorageError>;
+    fn scan_prefix_all(
+        &self,
+        keyspace: Keyspace,
+        prefix: &[u8],
+    ) -> Result<Vec<KeyValue>, StorageError>;
 }
 
 /// A resolved write: `Some(value)` puts, `None` deletes.
@@ -252,9 +281,15 @@ pub(crate) fn resolve(batch: &WriteBatch, view: &dyn ReadView) -> Result<Vec<Raw
             None => 0,
             Some(value) => decode_refcount(&value)?,
         };
-        let new_count = i64::try_from(current).unwrap_or(i64::MAX).saturating_add(delta);
+        let new_count = i64::try_from(current)
+            .unwrap_or(i64::MAX)
+            .saturating_add(delta);
         if new_count < 0 {
-            tracing::warn!(message_id, new_count, "message reference count went below zero");
+            tracing::warn!(
+                message_id,
+                new_count,
+                "message reference count went below zero"
+            );
         }
         if new_count <= 0 {
             raw_ops.push((Keyspace::Messages, key.clone(), None));
@@ -297,7 +332,10 @@ fn expand_delete_session(
 }
 
 /// Decodes a stored record, naming the keyspace on failure.
-pub(crate) fn decode_record<T: Record>(keyspace: Keyspace, value: Vec<u8>) -> Result<T, StorageError> {
+pub(crate) fn decode_record<T: Record>(
+    keyspace: Keyspace,
+    value: Vec<u8>,
+) -> Result<T, StorageError> {
     T::decode(Bytes::from(value)).map_err(|error| StorageError::CorruptRecord {
         keyspace: keyspace.name(),
         reason: error.to_string(),

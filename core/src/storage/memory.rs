@@ -65,18 +65,30 @@ impl ReadView for MapView<'_> {
         Ok(self.0.get(&(keyspace, key.to_vec())).cloned())
     }
 
-    fn scan_prefix_all(&self, keyspace: Keyspace, prefix: &[u8]) -> Result<Vec<KeyValue>, StorageError> {
+    fn scan_prefix_all(
+        &self,
+        keyspace: Keyspace,
+        prefix: &[u8],
+    ) -> Result<Vec<KeyValue>, StorageError> {
         Ok(scan_map(self.0, keyspace, prefix, None, usize::MAX))
     }
 }
 
-fn scan_map(map: &Map, keyspace: Keyspace, prefix: &[u8], start_after: Option<&[u8]>, limit: usize) -> Vec<KeyValue> {
+fn scan_map(
+    map: &Map,
+    keyspace: Keyspace,
+    prefix: &[u8],
+    start_after: Option<&[u8]>,
+    limit: usize,
+) -> Vec<KeyValue> {
     let lower = match start_after {
         Some(after) if after >= prefix => Bound::Excluded((keyspace, after.to_vec())),
         _ => Bound::Included((keyspace, prefix.to_vec())),
     };
     map.range((lower, Bound::Unbounded))
-        .take_while(|((entry_keyspace, key), _)| *entry_keyspace == keyspace && key.starts_with(prefix))
+        .take_while(|((entry_keyspace, key), _)| {
+            *entry_keyspace == keyspace && key.starts_with(prefix)
+        })
         .take(limit)
         .map(|((_, key), value)| (key.clone(), value.clone()))
         .collect()
@@ -97,7 +109,12 @@ impl Store for MemoryStore {
     }
 
     fn get(&self, keyspace: Keyspace, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
-        Ok(self.state.lock().live.get(&(keyspace, key.to_vec())).cloned())
+        Ok(self
+            .state
+            .lock()
+            .live
+            .get(&(keyspace, key.to_vec()))
+            .cloned())
     }
 
     fn scan(
@@ -107,7 +124,13 @@ impl Store for MemoryStore {
         start_after: Option<&[u8]>,
         limit: usize,
     ) -> Result<Vec<KeyValue>, StorageError> {
-        Ok(scan_map(&self.state.lock().live, keyspace, prefix, start_after, limit))
+        Ok(scan_map(
+            &self.state.lock().live,
+            keyspace,
+            prefix,
+            start_after,
+            limit,
+        ))
     }
 
     fn apply(&self, batches: &[WriteBatch]) -> Result<(), StorageError> {

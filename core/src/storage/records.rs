@@ -211,7 +211,11 @@ impl Record for SubscriptionRecord {
         };
         let subscription_id = reader
             .opt_u64("subscription_id")?
-            .map(|id| u32::try_from(id).map_err(|_| RecordError::Invalid { field: "subscription_id" }))
+            .map(|id| {
+                u32::try_from(id).map_err(|_| RecordError::Invalid {
+                    field: "subscription_id",
+                })
+            })
             .transpose()?;
         reader.finish(SubscriptionRecord {
             topic_filter,
@@ -490,12 +494,16 @@ impl Reader {
         let num_ids = self.varint("subscription_ids")?;
         // Each id takes at least one byte, which bounds the allocation by the value's size.
         if num_ids > self.src.remaining() as u64 {
-            return Err(RecordError::Truncated { field: "subscription_ids" });
+            return Err(RecordError::Truncated {
+                field: "subscription_ids",
+            });
         }
         let mut subscription_ids = Vec::with_capacity(num_ids as usize);
         for _ in 0..num_ids {
             let id = self.varint("subscription_ids")?;
-            let id = u32::try_from(id).map_err(|_| RecordError::Invalid { field: "subscription_ids" })?;
+            let id = u32::try_from(id).map_err(|_| RecordError::Invalid {
+                field: "subscription_ids",
+            })?;
             subscription_ids.push(id);
         }
         Ok((qos, retain, subscription_ids))
@@ -523,7 +531,9 @@ impl Reader {
         let num_user_properties = self.varint("user_properties")?;
         // Each pair takes at least two bytes.
         if num_user_properties > self.src.remaining() as u64 {
-            return Err(RecordError::Truncated { field: "user_properties" });
+            return Err(RecordError::Truncated {
+                field: "user_properties",
+            });
         }
         for _ in 0..num_user_properties {
             let name = self.string("user_properties")?;

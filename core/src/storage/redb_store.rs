@@ -53,7 +53,9 @@ impl RedbStore {
             path: path.to_path_buf(),
             reason,
         };
-        let exists = path.try_exists().map_err(|error| open_error(error.to_string()))?;
+        let exists = path
+            .try_exists()
+            .map_err(|error| open_error(error.to_string()))?;
         // Never `create` an existing file: open it, and report what is wrong with it.
         let opened = catch_unwind(AssertUnwindSafe(|| {
             if exists {
@@ -65,14 +67,20 @@ impl RedbStore {
         let db = match opened {
             Ok(Ok(db)) => db,
             Ok(Err(error)) => return Err(open_error(error.to_string())),
-            Err(_) => return Err(open_error("redb panicked while opening the file".to_owned())),
+            Err(_) => {
+                return Err(open_error(
+                    "redb panicked while opening the file".to_owned(),
+                ))
+            }
         };
         let store = RedbStore {
             db,
             path: path.to_path_buf(),
             apply_lock: Mutex::new(()),
         };
-        store.create_tables().map_err(|error| open_error(error.to_string()))?;
+        store
+            .create_tables()
+            .map_err(|error| open_error(error.to_string()))?;
         check_format(&store).map_err(|error| open_error(error.to_string()))?;
         Ok(store)
     }
@@ -85,7 +93,8 @@ impl RedbStore {
     fn create_tables(&self) -> Result<(), StorageError> {
         let txn = self.db.begin_write().map_err(backend_error)?;
         for keyspace in Keyspace::ALL {
-            txn.open_table(table_definition(keyspace)).map_err(backend_error)?;
+            txn.open_table(table_definition(keyspace))
+                .map_err(backend_error)?;
         }
         txn.commit().map_err(backend_error)
     }
@@ -102,7 +111,8 @@ fn scan_table(
         _ => Bound::Included(prefix),
     };
     let mut entries = Vec::new();
-    for entry in table.range((lower, Bound::Unbounded)).map_err(backend_error)? {
+    let bounds: (Bound<&[u8]>, Bound<&[u8]>) = (lower, Bound::Unbounded);
+    for entry in table.range::<&[u8]>(bounds).map_err(backend_error)? {
         if entries.len() >= limit {
             break;
         }
@@ -132,7 +142,11 @@ impl ReadView for WriteTables<'_> {
         Ok(value.map(|value| value.value().to_vec()))
     }
 
-    fn scan_prefix_all(&self, keyspace: Keyspace, prefix: &[u8]) -> Result<Vec<KeyValue>, StorageError> {
+    fn scan_prefix_all(
+        &self,
+        keyspace: Keyspace,
+        prefix: &[u8],
+    ) -> Result<Vec<KeyValue>, StorageError> {
         scan_table(self.table(keyspace), prefix, None, usize::MAX)
     }
 }
@@ -144,7 +158,9 @@ impl Store for RedbStore {
 
     fn get(&self, keyspace: Keyspace, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
         let txn = self.db.begin_read().map_err(backend_error)?;
-        let table = txn.open_table(table_definition(keyspace)).map_err(backend_error)?;
+        let table = txn
+            .open_table(table_definition(keyspace))
+            .map_err(backend_error)?;
         let value = table.get(key).map_err(backend_error)?;
         Ok(value.map(|value| value.value().to_vec()))
     }
@@ -157,7 +173,9 @@ impl Store for RedbStore {
         limit: usize,
     ) -> Result<Vec<KeyValue>, StorageError> {
         let txn = self.db.begin_read().map_err(backend_error)?;
-        let table = txn.open_table(table_definition(keyspace)).map_err(backend_error)?;
+        let table = txn
+            .open_table(table_definition(keyspace))
+            .map_err(backend_error)?;
         scan_table(&table, prefix, start_after, limit)
     }
 
@@ -172,9 +190,10 @@ impl Store for RedbStore {
             };
             for keyspace in Keyspace::ALL {
                 debug_assert_eq!(usize::from(keyspace.tag()), tables.tables.len());
-                tables
-                    .tables
-                    .push(txn.open_table(table_definition(keyspace)).map_err(backend_error)?);
+                tables.tables.push(
+                    txn.open_table(table_definition(keyspace))
+                        .map_err(backend_error)?,
+                );
             }
             // The whole group is one transaction, so each batch is atomic (the group is too),
             // and each batch resolves against the writes of the batches before it.

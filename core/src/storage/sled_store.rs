@@ -15,6 +15,9 @@ use crate::storage::{
 
 const ENGINE: &str = "sled";
 
+/// File in the sled directory that marks a store initialized by the broker.
+const INITIALIZED_MARKER: &str = "starling-initialized";
+
 /// A store in a sled directory.
 ///
 /// sled's `flush` ends in `sync_file_range` on Linux, not `fsync` (see ARCHITECTURE.md,
@@ -39,19 +42,40 @@ impl SledStore {
             path: path.to_path_buf(),
             reason,
         };
-        let config = sled::Config::new().path(path).mode(sled::Mode::HighThroughput);
+        let config = sled::Config::new()
+            .path(path)
+            .mode(sled::Mode::HighThroughput);
         // sled 0.34 panics on some kinds of corruption instead of returning an error.
         let db = match catch_unwind(AssertUnwindSafe(|| config.open())) {
             Ok(Ok(db)) => db,
             Ok(Err(error)) => return Err(open_error(error.to_string())),
-            Err(_) => return Err(open_error("sled panicked while recovering the store".to_owned())),
+            Err(_) => {
+                return Err(open_error(
+                    "sled panicked while recovering the store".to_owned(),
+                ))
+            }
         };
         let store = SledStore {
             db,
             path: path.to_path_buf(),
             apply_lock: Mutex::new(()),
         };
+        // sled 0.34 recovers a garbage log as an empty store instead of failing, so a marker
+        // file written at initialization tells "new" from "lost its data".
+        let marker = path.join(INITIALIZED_MARKER);
+        let was_initialized = marker
+            .try_exists()
+            .map_err(|error| open_error(error.to_string()))?;
+        if was_initialized && store.get(Keyspace::Meta, FORMAT_VERSION_KEY)?.is_none() {
+            return Err(open_error(format!(
+                "{INITIALIZED_MARKER} exists but sled recovered no data: the log is corrupt"
+            )));
+        }
         check_format(&store).map_err(|error| open_error(error.to_string()))?;
+        if !was_initialized {
+            std::fs::write(&marker, [STORE_FORMAT_VERSION])
+                .map_err(|error| open_error(error.to_string()))?;
+        }
         Ok(store)
     }
 
@@ -108,8 +132,14 @@ impl ReadView for SledStore {
         self.get(keyspace, key)
     }
 
-    fn scan_prefix_all(&self, keyspace: Keyspace, prefix: &[u8]) -> Result<Vec<KeyValue>, StorageError> {
-        scan_all_with(prefix, |start_after| self.scan(keyspace, prefix, start_after, SCAN_PAGE))
+    fn scan_prefix_all(
+        &self,
+        keyspace: Keyspace,
+        prefix: &[u8],
+    ) -> Result<Vec<KeyValue>, StorageError> {
+        scan_all_with(prefix, |start_after| {
+            self.scan(keyspace, prefix, start_after, SCAN_PAGE)
+        })
     }
 }
 
@@ -172,7 +202,9 @@ impl Store for SledStore {
     }
 
     fn flush(&self) -> Result<(), StorageError> {
-        self.db.flush().map_err(|error| StorageError::backend(ENGINE, error))?;
+        self.db
+            .flush()
+            .map_err(|error| StorageError::backend(ENGINE, error))?;
         Ok(())
     }
 }

@@ -100,7 +100,9 @@ impl CommitTicket {
     /// # Errors
     /// As [`CommitTicket::wait`].
     pub fn blocking_wait(self) -> Result<(), StorageError> {
-        self.done.blocking_recv().unwrap_or(Err(StorageError::WriterStopped))
+        self.done
+            .blocking_recv()
+            .unwrap_or(Err(StorageError::WriterStopped))
     }
 }
 
@@ -164,7 +166,12 @@ impl StorageWriter {
     /// failure, or [`StorageError::WriterStopped`].
     pub async fn commit(&self, batch: WriteBatch) -> Result<(), StorageError> {
         let (done, ticket) = ticket();
-        if self.sender.send(WriteRequest { batch, done }).await.is_err() {
+        if self
+            .sender
+            .send(WriteRequest { batch, done })
+            .await
+            .is_err()
+        {
             return Err(StorageError::WriterStopped);
         }
         ticket.wait().await
@@ -189,7 +196,11 @@ impl StorageWriter {
     /// As [`StorageWriter::commit`].
     pub fn blocking_commit(&self, batch: WriteBatch) -> Result<(), StorageError> {
         let (done, ticket) = ticket();
-        if self.sender.blocking_send(WriteRequest { batch, done }).is_err() {
+        if self
+            .sender
+            .blocking_send(WriteRequest { batch, done })
+            .is_err()
+        {
             return Err(StorageError::WriterStopped);
         }
         ticket.blocking_wait()
@@ -262,10 +273,10 @@ impl WriterLoop {
                 return self.runtime.block_on(self.receiver.recv());
             };
             let flush_at = unflushed_since + self.config.background_flush_interval;
-            let received = self.runtime.block_on(tokio::time::timeout_at(
-                flush_at.into(),
-                self.receiver.recv(),
-            ));
+            let receiver = &mut self.receiver;
+            let received = self.runtime.block_on(async move {
+                tokio::time::timeout_at(flush_at.into(), receiver.recv()).await
+            });
             match received {
                 Ok(request) => return request,
                 Err(_elapsed) => {
@@ -288,9 +299,10 @@ impl WriterLoop {
                     if Instant::now() >= deadline {
                         break;
                     }
-                    let received = self
-                        .runtime
-                        .block_on(tokio::time::timeout_at(deadline.into(), self.receiver.recv()));
+                    let receiver = &mut self.receiver;
+                    let received = self.runtime.block_on(async move {
+                        tokio::time::timeout_at(deadline.into(), receiver.recv()).await
+                    });
                     match received {
                         Ok(Some(request)) => group.push(request),
                         Ok(None) | Err(_) => break,
@@ -303,8 +315,10 @@ impl WriterLoop {
 
     fn commit_group(&mut self, group: Vec<WriteRequest>) {
         let num_batches = group.len() as u64;
-        let (batches, replies): (Vec<WriteBatch>, Vec<_>) =
-            group.into_iter().map(|request| (request.batch, request.done)).unzip();
+        let (batches, replies): (Vec<WriteBatch>, Vec<_>) = group
+            .into_iter()
+            .map(|request| (request.batch, request.done))
+            .unzip();
         let outcome = match &self.failure {
             Some(reason) => Err(StorageError::WriterFailed {
                 reason: reason.clone(),
@@ -316,7 +330,9 @@ impl WriterLoop {
                 self.fail(error);
             }
         } else {
-            self.counters.num_batches.fetch_add(num_batches, Ordering::Relaxed);
+            self.counters
+                .num_batches
+                .fetch_add(num_batches, Ordering::Relaxed);
             self.counters.num_groups.fetch_add(1, Ordering::Relaxed);
             self.counters
                 .largest_group_batches
