@@ -216,6 +216,9 @@ pub(crate) struct Overrides {
     /// Keep alive, seconds.
     #[arg(long)]
     pub(crate) keep_alive: Option<u16>,
+    /// Time allowed for TCP connect, TLS, CONNACK and SUBACK, milliseconds.
+    #[arg(long)]
+    pub(crate) connect_timeout_ms: Option<u64>,
     /// Pause after connecting before measuring, milliseconds.
     #[arg(long)]
     pub(crate) settle_ms: Option<u64>,
@@ -228,6 +231,21 @@ pub(crate) struct Overrides {
     /// Scenario name in reports.
     #[arg(long)]
     pub(crate) name: Option<String>,
+    /// Connect with TLS, checking the broker against this CA (PEM).
+    #[arg(long)]
+    pub(crate) tls_ca: Option<String>,
+    /// Client certificate (PEM) for mutual TLS; needs --tls-key.
+    #[arg(long)]
+    pub(crate) tls_cert: Option<String>,
+    /// Client private key (PEM).
+    #[arg(long)]
+    pub(crate) tls_key: Option<String>,
+    /// TLS server name (default: the broker's host).
+    #[arg(long)]
+    pub(crate) tls_server_name: Option<String>,
+    /// Connect with TLS without checking the broker's certificate (testing only).
+    #[arg(long)]
+    pub(crate) tls_insecure: bool,
 }
 
 /// Output and measurement flags.
@@ -264,6 +282,9 @@ struct OutputArgs {
     /// Keep sweeping after a failed step (default: stop at the first failure).
     #[arg(long)]
     sweep_past_failure: bool,
+    /// Runs of a failed sweep step before it counts as failed.
+    #[arg(long, default_value_t = 1)]
+    sweep_retries: usize,
 }
 
 fn parse_protocol(value: &str) -> Result<Protocol, String> {
@@ -402,6 +423,7 @@ async fn run_and_print(scenario: Scenario, output: OutputArgs) -> anyhow::Result
         &scenario,
         &output.sweep_rates,
         criteria,
+        output.sweep_retries,
         !output.sweep_past_failure,
         &options,
     )

@@ -33,6 +33,11 @@ use traffic::{InflightEntry, PublishPlan};
 const MAX_RECONNECT_ATTEMPTS: u32 = 5;
 /// Longest wait between reconnect attempts.
 const MAX_RECONNECT_BACKOFF: Duration = Duration::from_secs(2);
+/// Time the broker gets to close the connection after the final DISCONNECT.
+const CLOSE_LINGER: Duration = Duration::from_secs(2);
+/// Time the broker gets to close the connection after a churn DISCONNECT (short: the client
+/// is meant to come back quickly).
+const CHURN_CLOSE_LINGER: Duration = Duration::from_millis(50);
 
 /// What a client does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -115,6 +120,8 @@ pub(crate) struct ClientContext {
     /// Command topics of all devices, indexed by device (request/response only).
     pub(crate) command_topics: Vec<ByteString>,
     pub(crate) phase: watch::Receiver<Phase>,
+    /// TLS settings shared by every connection, when the scenario asks for TLS.
+    pub(crate) tls: Option<crate::tls::TlsClient>,
     /// Each publishing client sends `(global index, messages sent)` once; sized for all of
     /// them, so sending never waits.
     pub(crate) publish_done: mpsc::Sender<(u32, u64)>,
@@ -340,6 +347,7 @@ impl Client {
             session_expiry_secs,
             timeout: Duration::from_millis(scenario.connect_timeout_ms),
             slow_reader: consume_rate.is_some(),
+            tls: ctx.tls.clone(),
         };
         Client {
             spec,
@@ -557,7 +565,7 @@ impl Client {
             reason_code: ReasonCode::NORMAL_DISCONNECTION,
             properties: DisconnectProperties::default(),
         }));
-        conn.close().await;
+        conn.close(CHURN_CLOSE_LINGER).await;
     }
 
     /// End of run: DISCONNECT, discarding an MQTT 5 session so it does not outlive the run.
@@ -570,7 +578,7 @@ impl Client {
                 ..DisconnectProperties::default()
             },
         }));
-        conn.close().await;
+        conn.close(CLOSE_LINGER).await;
     }
 
     /// Reports the number of messages sent, once, if this client publishes.

@@ -14,6 +14,10 @@ use starling_core::codec::{
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::{timeout_at, Instant};
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::TlsConnector;
+
+use crate::tls::TlsClient;
 
 /// Largest packet accepted from the broker.
 const MAX_PACKET_SIZE: usize = 16 * 1024 * 1024;
@@ -34,6 +38,48 @@ pub(crate) struct ConnectParams {
     pub(crate) session_expiry_secs: u32,
     pub(crate) timeout: Duration,
     pub(crate) slow_reader: bool,
+    pub(crate) tls: Option<TlsClient>,
+}
+
+/// The byte stream under MQTT.
+enum Transport {
+    Tcp(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl Transport {
+    /// Reads into `buf`; cancel safe.
+    async fn read_buf(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
+        match self {
+            Transport::Tcp(stream) => stream.read_buf(buf).await,
+            Transport::Tls(stream) => stream.read_buf(buf).await,
+        }
+    }
+
+    async fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Transport::Tcp(stream) => stream.read(buf).await,
+            Transport::Tls(stream) => stream.read(buf).await,
+        }
+    }
+
+    async fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
+        match self {
+            Transport::Tcp(stream) => stream.write_all(bytes).await,
+            Transport::Tls(stream) => {
+                stream.write_all(bytes).await?;
+                // TLS records may wait in rustls until flushed.
+                stream.flush().await
+            }
+        }
+    }
+
+    async fn shutdown(&mut self) -> io::Result<()> {
+        match self {
+            Transport::Tcp(stream) => stream.shutdown().await,
+            Transport::Tls(stream) => stream.shutdown().await,
+        }
+    }
 }
 
 /// Why a connection attempt failed.
@@ -92,7 +138,7 @@ impl fmt::Display for ConnectError {
 
 /// An established MQTT connection.
 pub(crate) struct MqttConn {
-    stream: TcpStream,
+    stream: Transport,
     read_buf: BytesMut,
     /// Packets queued by [`MqttConn::queue`] until [`MqttConn::flush`].
     write_buf: BytesMut,
@@ -117,6 +163,13 @@ impl MqttConn {
             stage: "socket",
             error,
         })?;
+        // Lets a port whose earlier connection is in TIME_WAIT be bound again.
+        socket
+            .set_reuseaddr(true)
+            .map_err(|error| ConnectError::Io {
+                stage: "socket",
+                error,
+            })?;
         if let Some(source) = params.source {
             socket
                 .bind(SocketAddr::new(source, 0))
@@ -138,6 +191,23 @@ impl MqttConn {
             stage: "tcp connect",
             error,
         })?;
+        let stream = match &params.tls {
+            None => Transport::Tcp(stream),
+            Some(tls) => {
+                let connector = TlsConnector::from(tls.config.clone());
+                let handshake = connector.connect(tls.server_name.clone(), stream);
+                let tls_stream = timeout_at(deadline, handshake)
+                    .await
+                    .map_err(|_| ConnectError::Timeout {
+                        stage: "tls handshake",
+                    })?
+                    .map_err(|error| ConnectError::Io {
+                        stage: "tls handshake",
+                        error,
+                    })?;
+                Transport::Tls(Box::new(tls_stream))
+            }
+        };
         let mut conn = MqttConn {
             stream,
             read_buf: BytesMut::new(),
@@ -237,7 +307,19 @@ impl MqttConn {
             match self.next_packet() {
                 Ok(Some(packet)) => return Ok(packet),
                 Ok(None) => {}
-                Err(error) => return Err(ConnectError::Protocol(error.to_string())),
+                Err(error) => {
+                    // The first bytes tell e.g. a TLS alert (15 03 03) from an MQTT packet.
+                    let head: Vec<String> = self
+                        .read_buf
+                        .iter()
+                        .take(8)
+                        .map(|byte| format!("{byte:02x}"))
+                        .collect();
+                    return Err(ConnectError::Protocol(format!(
+                        "{error} (received {})",
+                        head.join(" ")
+                    )));
+                }
             }
             let read = timeout_at(deadline, self.read_some())
                 .await
@@ -296,9 +378,22 @@ impl MqttConn {
         decode_packet(&mut self.read_buf, MAX_PACKET_SIZE, Some(self.version))
     }
 
-    /// Flushes what is queued and closes the write side.
-    pub(crate) async fn close(mut self) {
-        let _ = self.flush().await;
+    /// Flushes what is queued (a DISCONNECT), then waits up to `linger` for the broker to
+    /// close first, so the TIME_WAIT state stays on the broker's side and does not block the
+    /// client's ports for the next run; closes itself if the broker does not.
+    pub(crate) async fn close(mut self, linger: Duration) {
+        if self.flush().await.is_err() {
+            return;
+        }
+        let deadline = Instant::now() + linger;
+        let mut scratch = [0u8; 512];
+        loop {
+            match timeout_at(deadline, self.stream.read(&mut scratch)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => return,
+                Ok(Ok(_)) => continue,
+                Err(_) => break,
+            }
+        }
         let _ = self.stream.shutdown().await;
     }
 }

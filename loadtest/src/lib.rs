@@ -13,7 +13,7 @@
 //! - `payload`, `tracker`, `topic`, `stats`: headers, loss/duplicate accounting, fan-out,
 //!   histograms.
 //! - [`report`], `html`, [`sweep`], `summary`: outputs.
-//! - `relay`: the raw relay baseline.
+//! - `relay`: the raw relay baseline; `tls`: client TLS.
 
 mod cli;
 mod client;
@@ -30,6 +30,7 @@ pub mod scenario;
 mod stats;
 mod summary;
 pub mod sweep;
+mod tls;
 mod topic;
 mod tracker;
 mod worker;

@@ -146,6 +146,10 @@ pub(crate) fn apply_overrides(scenario: &mut Scenario, overrides: &Overrides) {
     );
     set(&mut scenario.threads_per_worker, &overrides.threads);
     set(&mut scenario.keep_alive_secs, &overrides.keep_alive);
+    set(
+        &mut scenario.connect_timeout_ms,
+        &overrides.connect_timeout_ms,
+    );
     set(&mut scenario.settle_ms, &overrides.settle_ms);
     set(&mut scenario.drain_timeout_ms, &overrides.drain_timeout_ms);
     set(&mut scenario.drain_quiet_ms, &overrides.drain_quiet_ms);
@@ -160,6 +164,24 @@ pub(crate) fn apply_overrides(scenario: &mut Scenario, overrides: &Overrides) {
         scenario
             .source_addresses
             .clone_from(&overrides.source_addrs);
+    }
+    let wants_tls = overrides.tls_ca.is_some()
+        || overrides.tls_insecure
+        || overrides.tls_cert.is_some()
+        || overrides.tls_server_name.is_some();
+    if wants_tls {
+        let tls = scenario.tls.get_or_insert_with(Default::default);
+        if overrides.tls_ca.is_some() {
+            tls.ca_file.clone_from(&overrides.tls_ca);
+        }
+        if overrides.tls_cert.is_some() {
+            tls.client_cert_file.clone_from(&overrides.tls_cert);
+            tls.client_key_file.clone_from(&overrides.tls_key);
+        }
+        if overrides.tls_server_name.is_some() {
+            tls.server_name.clone_from(&overrides.tls_server_name);
+        }
+        tls.insecure_skip_verify |= overrides.tls_insecure;
     }
     if let Some(publishers) = &mut scenario.publishers {
         set(&mut publishers.qos, &overrides.qos);

@@ -3,39 +3,98 @@
 //! sockets subscribed to its topic. No sessions, no retained messages, no QoS state, no
 //! limits: it measures the ceiling of this machine and of tokio, not a broker.
 //!
-//! Backpressure: each connection's writer has a bounded queue; a publisher's reader waits
-//! for room, so a slow subscriber slows its publishers instead of growing memory.
+//! Frames for a peer are appended to its pending buffer and written with one non-blocking
+//! write per peer per read batch, straight from the reading task; only when a socket is full
+//! does the peer's writer task take over. Backpressure: a reader whose frames left a peer with
+//! more than [`MAX_PENDING_BYTES`] pending waits until that peer drained, so a slow subscriber
+//! slows its publishers instead of growing memory.
 
 use std::collections::HashMap;
+use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use anyhow::Context;
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use starling_core::codec::{
     decode_packet, AckProperties, ConnAck, ConnAckProperties, FixedHeader, Packet, PacketType,
     ProtocolVersion, ReasonCode, SubAck,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 
 use crate::topic::{matches, split_shared};
 
-/// Frames queued per connection writer before readers feeding it wait.
-const WRITE_QUEUE: usize = 1024;
+/// Pending bytes of one peer above which the readers feeding it wait.
+const MAX_PENDING_BYTES: usize = 1024 * 1024;
 /// Largest packet accepted.
 const MAX_PACKET_SIZE: usize = 1024 * 1024;
 
 type ConnId = u64;
+
+/// One connection's outbound side.
+struct Peer {
+    stream: Arc<TcpStream>,
+    /// Bytes not yet written; locked for appends and non-blocking writes, never across
+    /// `.await`.
+    pending: Mutex<BytesMut>,
+    /// Wakes the writer task when a non-blocking write left bytes behind.
+    wake_writer: Notify,
+    /// Signalled by the writer task when `pending` became empty.
+    drained: Notify,
+}
+
+impl Peer {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BytesMut> {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn append(&self, bytes: &[u8]) {
+        self.lock().put_slice(bytes);
+    }
+
+    /// Writes what is pending without waiting; returns the bytes left behind (then the
+    /// writer task is woken to finish).
+    fn flush_now(&self) -> usize {
+        let mut pending = self.lock();
+        while !pending.is_empty() {
+            match self.stream.try_write(&pending) {
+                Ok(0) => break,
+                Ok(written) => pending.advance(written),
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,
+                Err(_) => {
+                    // The peer is gone; its reader will clean up.
+                    pending.clear();
+                }
+            }
+        }
+        let left = pending.len();
+        drop(pending);
+        if left > 0 {
+            self.wake_writer.notify_one();
+        }
+        left
+    }
+
+    async fn write_loop(self: Arc<Peer>) {
+        loop {
+            self.wake_writer.notified().await;
+            while self.flush_now() > 0 {
+                if self.stream.writable().await.is_err() {
+                    return;
+                }
+            }
+            self.drained.notify_waiters();
+        }
+    }
+}
 
 /// Who is subscribed to what; read per publish (or per topic change), written per SUBSCRIBE.
 #[derive(Default)]
 struct Routes {
     exact: HashMap<Vec<u8>, Vec<ConnId>>,
     wildcard: Vec<(String, ConnId)>,
-    writers: HashMap<ConnId, mpsc::Sender<Bytes>>,
+    peers: HashMap<ConnId, Arc<Peer>>,
 }
 
 #[derive(Default)]
@@ -47,7 +106,7 @@ struct Relay {
 }
 
 impl Relay {
-    fn subscribers_of(&self, topic: &[u8]) -> Vec<mpsc::Sender<Bytes>> {
+    fn subscribers_of(&self, topic: &[u8]) -> Vec<Arc<Peer>> {
         let routes = self.routes.read().unwrap_or_else(|e| e.into_inner());
         let mut ids: Vec<ConnId> = routes.exact.get(topic).cloned().unwrap_or_default();
         if let Ok(topic) = std::str::from_utf8(topic) {
@@ -60,7 +119,7 @@ impl Relay {
             );
         }
         ids.iter()
-            .filter_map(|id| routes.writers.get(id).cloned())
+            .filter_map(|id| routes.peers.get(id).cloned())
             .collect()
     }
 
@@ -82,7 +141,7 @@ impl Relay {
 
     fn remove(&self, conn_id: ConnId) {
         let mut routes = self.routes.write().unwrap_or_else(|e| e.into_inner());
-        routes.writers.remove(&conn_id);
+        routes.peers.remove(&conn_id);
         routes.wildcard.retain(|(_, id)| *id != conn_id);
         for ids in routes.exact.values_mut() {
             ids.retain(|id| *id != conn_id);
@@ -120,37 +179,35 @@ pub(crate) async fn run_relay(listen: &str) -> anyhow::Result<()> {
     }
 }
 
-/// Writes queued frames, batching what is already queued into one write.
-async fn write_loop(mut writer: OwnedWriteHalf, mut frames: mpsc::Receiver<Bytes>) {
-    let mut batch = BytesMut::with_capacity(64 * 1024);
-    while let Some(frame) = frames.recv().await {
-        batch.put_slice(&frame);
-        while batch.len() < 64 * 1024 {
-            match frames.try_recv() {
-                Ok(frame) => batch.put_slice(&frame),
-                Err(_) => break,
-            }
-        }
-        if writer.write_all(&batch).await.is_err() {
-            return;
-        }
-        batch.clear();
-    }
-}
-
 fn encode(packet: &Packet, version: ProtocolVersion) -> Bytes {
     let mut buf = BytesMut::new();
     packet.encode(version, &mut buf);
     buf.freeze()
 }
 
+/// Reads until at least one more byte arrived; `Ok(false)` at end of stream.
+async fn read_more(stream: &TcpStream, buf: &mut BytesMut) -> io::Result<bool> {
+    if buf.capacity() - buf.len() < 4096 {
+        buf.reserve(16 * 1024);
+    }
+    loop {
+        stream.readable().await?;
+        match stream.try_read_buf(buf) {
+            Ok(0) => return Ok(false),
+            Ok(_) => return Ok(true),
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(error) => return Err(error),
+        }
+    }
+}
+
 async fn serve(relay: &Relay, conn_id: ConnId, stream: TcpStream) -> anyhow::Result<()> {
     stream.set_nodelay(true)?;
-    let (mut reader, writer) = stream.into_split();
+    let stream = Arc::new(stream);
     let mut buf = BytesMut::with_capacity(16 * 1024);
     // CONNECT, with the codec.
     let connect = loop {
-        if reader.read_buf(&mut buf).await? == 0 {
+        if !read_more(&stream, &mut buf).await? {
             return Ok(());
         }
         if let Some(packet) = decode_packet(&mut buf, MAX_PACKET_SIZE, None)? {
@@ -161,31 +218,52 @@ async fn serve(relay: &Relay, conn_id: ConnId, stream: TcpStream) -> anyhow::Res
         return Ok(());
     };
     let version = connect.protocol;
-    let (writer_tx, writer_rx) = mpsc::channel::<Bytes>(WRITE_QUEUE);
-    tokio::spawn(write_loop(writer, writer_rx));
+    let me = Arc::new(Peer {
+        stream: stream.clone(),
+        pending: Mutex::new(BytesMut::new()),
+        wake_writer: Notify::new(),
+        drained: Notify::new(),
+    });
+    let writer = tokio::spawn(me.clone().write_loop());
     relay
         .routes
         .write()
         .unwrap_or_else(|e| e.into_inner())
-        .writers
-        .insert(conn_id, writer_tx.clone());
+        .peers
+        .insert(conn_id, me.clone());
     let connack = Packet::ConnAck(ConnAck {
         session_present: false,
         reason_code: ReasonCode::Success,
         properties: ConnAckProperties::default(),
     });
-    writer_tx.send(encode(&connack, version)).await?;
-    // Cache of the last topic published on this connection and its subscribers.
-    let mut cached: Option<(Bytes, u64, Vec<mpsc::Sender<Bytes>>)> = None;
+    me.append(&encode(&connack, version));
+    me.flush_now();
+    let result = relay_frames(relay, conn_id, &stream, &me, version, buf).await;
+    writer.abort();
+    result
+}
+
+async fn relay_frames(
+    relay: &Relay,
+    conn_id: ConnId,
+    stream: &TcpStream,
+    me: &Arc<Peer>,
+    version: ProtocolVersion,
+    mut buf: BytesMut,
+) -> anyhow::Result<()> {
+    // The last topic published on this connection and its subscribers.
+    let mut cached: Option<(Bytes, u64, Vec<Arc<Peer>>)> = None;
+    // Peers that got frames from this read batch, flushed once per batch.
+    let mut touched: Vec<Arc<Peer>> = Vec::new();
     loop {
         while let Some(header) = FixedHeader::peek(&buf)? {
             if buf.len() < header.frame_len() {
                 break;
             }
             let frame = buf.split_to(header.frame_len()).freeze();
+            let body = &frame[header.header_len()..];
             match header.packet_type() {
                 PacketType::Publish => {
-                    let body = &frame[header.header_len()..];
                     let qos = (header.flags() >> 1) & 0b11;
                     let topic_len = match body {
                         [high, low, ..] => usize::from(u16::from_be_bytes([*high, *low])),
@@ -194,21 +272,13 @@ async fn serve(relay: &Relay, conn_id: ConnId, stream: TcpStream) -> anyhow::Res
                     if body.len() < 2 + topic_len + if qos > 0 { 2 } else { 0 } {
                         anyhow::bail!("publish shorter than its topic");
                     }
-                    let topic =
-                        frame.slice(header.header_len() + 2..header.header_len() + 2 + topic_len);
                     if qos > 0 {
                         let id_at = 2 + topic_len;
-                        let packet_id = [body[id_at], body[id_at + 1]];
                         let ack_type: u8 = if qos == 1 { 0x40 } else { 0x50 };
-                        writer_tx
-                            .send(Bytes::copy_from_slice(&[
-                                ack_type,
-                                2,
-                                packet_id[0],
-                                packet_id[1],
-                            ]))
-                            .await?;
+                        me.append(&[ack_type, 2, body[id_at], body[id_at + 1]]);
                     }
+                    let start = header.header_len() + 2;
+                    let topic = frame.slice(start..start + topic_len);
                     let generation = relay.generation.load(Ordering::Acquire);
                     let fresh = matches!(&cached, Some((cached_topic, cached_generation, _))
                         if *cached_topic == topic && *cached_generation == generation);
@@ -217,7 +287,10 @@ async fn serve(relay: &Relay, conn_id: ConnId, stream: TcpStream) -> anyhow::Res
                     }
                     if let Some((_, _, subscribers)) = &cached {
                         for subscriber in subscribers {
-                            let _ = subscriber.send(frame.clone()).await;
+                            subscriber.append(&frame);
+                            if !touched.iter().any(|peer| Arc::ptr_eq(peer, subscriber)) {
+                                touched.push(subscriber.clone());
+                            }
                         }
                     }
                 }
@@ -241,10 +314,10 @@ async fn serve(relay: &Relay, conn_id: ConnId, stream: TcpStream) -> anyhow::Res
                                 })
                                 .collect(),
                         });
-                        writer_tx.send(encode(&suback, version)).await?;
+                        me.append(&encode(&suback, version));
                     }
                 }
-                PacketType::PingReq => writer_tx.send(Bytes::from_static(&[0xD0, 0])).await?,
+                PacketType::PingReq => me.append(&[0xD0, 0]),
                 // PUBREL from a publisher → PUBCOMP; PUBREC from a subscriber → PUBREL.
                 PacketType::PubRel | PacketType::PubRec => {
                     let reply_type: u8 = if header.packet_type() == PacketType::PubRel {
@@ -252,20 +325,32 @@ async fn serve(relay: &Relay, conn_id: ConnId, stream: TcpStream) -> anyhow::Res
                     } else {
                         0x62
                     };
-                    if let [high, low, ..] = frame[header.header_len()..] {
-                        writer_tx
-                            .send(Bytes::copy_from_slice(&[reply_type, 2, high, low]))
-                            .await?;
+                    if let [high, low, ..] = body {
+                        me.append(&[reply_type, 2, *high, *low]);
                     }
                 }
                 PacketType::Disconnect => return Ok(()),
                 _ => {}
             }
         }
-        if buf.capacity() - buf.len() < 4096 {
-            buf.reserve(16 * 1024);
+        me.flush_now();
+        let mut wait_for: Option<Arc<Peer>> = None;
+        for peer in touched.drain(..) {
+            if peer.flush_now() > MAX_PENDING_BYTES {
+                wait_for = Some(peer);
+            }
         }
-        if reader.read_buf(&mut buf).await? == 0 {
+        if let Some(peer) = wait_for {
+            // Backpressure: stop reading until the slow peer drained.
+            loop {
+                let drained = peer.drained.notified();
+                if peer.lock().len() <= MAX_PENDING_BYTES {
+                    break;
+                }
+                drained.await;
+            }
+        }
+        if !read_more(stream, &mut buf).await? {
             return Ok(());
         }
     }

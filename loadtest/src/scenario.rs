@@ -117,6 +117,30 @@ pub struct Scenario {
     /// MQTT 5 request/response between backends and devices.
     #[serde(default)]
     pub commands: Option<Commands>,
+    /// Connect with TLS.
+    #[serde(default)]
+    pub tls: Option<TlsSettings>,
+}
+
+/// The `[tls]` table: TLS for every client.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSettings {
+    /// PEM file with the CA certificate(s) the broker's certificate must chain to.
+    #[serde(default)]
+    pub ca_file: Option<String>,
+    /// PEM file with the client certificate chain (mutual TLS).
+    #[serde(default)]
+    pub client_cert_file: Option<String>,
+    /// PEM file with the client's private key.
+    #[serde(default)]
+    pub client_key_file: Option<String>,
+    /// Name checked against the broker's certificate; default: the host of `broker`.
+    #[serde(default)]
+    pub server_name: Option<String>,
+    /// Accept any broker certificate (testing only).
+    #[serde(default)]
+    pub insecure_skip_verify: bool,
 }
 
 /// The `[publishers]` group.
@@ -447,7 +471,19 @@ impl Scenario {
         if let Some(commands) = &self.commands {
             validate_commands(commands, self.protocol)?;
         }
+        if let Some(tls) = &self.tls {
+            validate_tls(tls)?;
+        }
         Ok(())
+    }
+
+    /// Returns the host part of `broker`, the default TLS server name.
+    pub fn broker_host(&self) -> &str {
+        let host = match self.broker.rsplit_once(':') {
+            Some((host, _)) => host,
+            None => &self.broker,
+        };
+        host.trim_start_matches('[').trim_end_matches(']')
     }
 
     /// Returns the number of clients over all groups.
@@ -670,6 +706,25 @@ fn validate_subscribers(subscribers: &Subscribers) -> Result<(), Invalid> {
     Ok(())
 }
 
+fn validate_tls(tls: &TlsSettings) -> Result<(), Invalid> {
+    const TABLE: &str = "tls";
+    if tls.ca_file.is_none() && !tls.insecure_skip_verify {
+        return Err(invalid(
+            Some(TABLE),
+            "ca_file",
+            "is needed (or `insecure_skip_verify = true`)",
+        ));
+    }
+    if tls.client_cert_file.is_some() != tls.client_key_file.is_some() {
+        return Err(invalid(
+            Some(TABLE),
+            "client_cert_file",
+            "and `client_key_file` go together",
+        ));
+    }
+    Ok(())
+}
+
 fn validate_commands(commands: &Commands, protocol: Protocol) -> Result<(), Invalid> {
     const TABLE: &str = "commands";
     if protocol != Protocol::V5 {
@@ -763,6 +818,16 @@ mod tests {
     fn scenario_without_clients_is_rejected() {
         let error = Scenario::from_toml("name = \"x\"\n", "t.toml").unwrap_err();
         assert!(error.to_string().contains("at least one client"), "{error}");
+    }
+
+    #[test]
+    fn tls_needs_a_ca_file_or_insecure() {
+        let text = "[subscribers]\ncount = 1\n\n[tls]\nserver_name = \"broker\"\n";
+        let error = Scenario::from_toml(text, "t.toml").unwrap_err().to_string();
+        assert!(error.contains("`tls.ca_file`"), "{error}");
+        let text = "broker = \"[::1]:8883\"\n[subscribers]\ncount = 1\n[tls]\ninsecure_skip_verify = true\n";
+        let scenario = Scenario::from_toml(text, "t.toml").unwrap();
+        assert_eq!(scenario.broker_host(), "::1");
     }
 
     #[test]

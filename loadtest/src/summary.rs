@@ -28,6 +28,11 @@ fn many_connections(value: &Value) -> bool {
     number(value, &["connections", "target"]).is_some_and(|target| target >= 1000.0)
 }
 
+/// Memory per connection is only meaningful for idle connections: traffic adds buffers.
+fn many_idle_connections(value: &Value) -> bool {
+    many_connections(value) && !publishes(value)
+}
+
 fn publishes(value: &Value) -> bool {
     number(value, &["messages", "sent"]).is_some_and(|sent| sent > 0.0)
 }
@@ -138,7 +143,7 @@ const RUN_METRICS: &[Metric] = &[
         name: "RSS/conn B",
         extract: |value| number(value, &["broker_process", "rss_per_connection_bytes"]),
         decimals: 0,
-        applies: many_connections,
+        applies: many_idle_connections,
     },
     Metric {
         name: "RSS peak MiB",

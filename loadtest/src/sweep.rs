@@ -99,37 +99,46 @@ pub async fn run_sweep(
     scenario: &Scenario,
     rates: &[f64],
     criteria: SweepCriteria,
+    retries: usize,
     stop_at_first_failure: bool,
     options: &RunOptions,
 ) -> anyhow::Result<SweepReport> {
-    let mut steps = Vec::with_capacity(rates.len());
+    let mut steps: Vec<SweepStep> = Vec::with_capacity(rates.len());
     for &rate in rates {
-        let mut step_scenario = scenario.clone();
-        step_scenario.set_offered_rate(rate);
-        let step = match run_scenario(&step_scenario, options).await {
-            Ok(report) => {
-                let failures = judge(&report, rate, &criteria);
-                SweepStep {
-                    offered_rate: rate,
-                    passed: failures.is_empty(),
-                    failures,
-                    report: Some(report),
+        let mut passed = false;
+        // A failed step is run again `retries` times: on a shared machine one noisy second
+        // should not end the sweep.
+        for _ in 0..=retries {
+            let mut step_scenario = scenario.clone();
+            step_scenario.set_offered_rate(rate);
+            let step = match run_scenario(&step_scenario, options).await {
+                Ok(report) => {
+                    let failures = judge(&report, rate, &criteria);
+                    SweepStep {
+                        offered_rate: rate,
+                        passed: failures.is_empty(),
+                        failures,
+                        report: Some(report),
+                    }
                 }
+                Err(error) => {
+                    if steps.is_empty() {
+                        return Err(error);
+                    }
+                    SweepStep {
+                        offered_rate: rate,
+                        passed: false,
+                        failures: vec![format!("run failed: {error:#}")],
+                        report: None,
+                    }
+                }
+            };
+            passed = step.passed;
+            steps.push(step);
+            if passed {
+                break;
             }
-            Err(error) => {
-                if steps.is_empty() {
-                    return Err(error);
-                }
-                SweepStep {
-                    offered_rate: rate,
-                    passed: false,
-                    failures: vec![format!("run failed: {error:#}")],
-                    report: None,
-                }
-            }
-        };
-        let passed = step.passed;
-        steps.push(step);
+        }
         if !passed && stop_at_first_failure {
             break;
         }

@@ -102,7 +102,12 @@ pub(crate) async fn run_worker(
                 })
                 .collect()
         });
+    let tls = match &scenario.tls {
+        Some(settings) => Some(crate::tls::client(settings, scenario.broker_host())?),
+        None => None,
+    };
     let ctx = Arc::new(ClientContext {
+        tls,
         run_id: plan.run_id,
         broker: plan.broker,
         sources: plan.source_addresses.clone(),
