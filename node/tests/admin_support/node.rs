@@ -3,7 +3,11 @@
 //! Prometheus scrapes, rumqttc v5 clients and bounded polling.
 #![allow(dead_code)]
 
-use std::{collections::HashMap, future::Future, net::SocketAddr, time::Duration};
+use std::{collections::HashMap, net::SocketAddr, time::Duration};
+
+#[path = "../support/poll.rs"]
+mod poll;
+pub(crate) use poll::eventually;
 
 use serde_json::Value;
 use starling_node::{
@@ -220,25 +224,6 @@ pub(crate) async fn request(
         status,
         headers,
         body: body.to_string(),
-    }
-}
-
-/// Polls `condition` every 20 ms until it holds; panics naming `what` after `timeout`.
-pub(crate) async fn eventually<F, Fut>(timeout: Duration, what: &str, mut condition: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if condition().await {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

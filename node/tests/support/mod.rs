@@ -5,6 +5,7 @@
 #![allow(dead_code, unused_imports, unreachable_pub)]
 
 pub mod external;
+pub mod poll;
 pub mod raw;
 
 use std::{collections::HashMap, future::Future, net::SocketAddr, time::Duration};
@@ -14,6 +15,7 @@ use starling_node::{load_node_config, start_node, RunningNode};
 use tempfile::TempDir;
 use tokio::time::Instant;
 
+pub(crate) use poll::eventually;
 pub use raw::{Bystander, Event, RawClient};
 
 /// How long a test waits for something the broker should do at once.
@@ -92,25 +94,6 @@ impl TestBroker {
             async move { broker.router().counts().1 == num_subscriptions }
         })
         .await;
-    }
-}
-
-/// Polls `condition` every 20 ms until it holds; panics naming `what` after `timeout`.
-pub async fn eventually<F, Fut>(timeout: Duration, what: &str, mut condition: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if condition().await {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
