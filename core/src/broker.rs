@@ -24,6 +24,7 @@ use crate::{
     router::Router,
     session::run_connection,
     supervisor::BrokerSupervisor,
+    transport::ListenerId,
 };
 
 /// Errors starting the broker.
@@ -45,6 +46,8 @@ pub(crate) struct BrokerInner {
     fatal: CancellationToken,
     /// Every connection task, so shutdown can wait for them.
     connections: TaskTracker,
+    /// Names of the listeners, indexed by [`ListenerId`]; index 0 is `default`.
+    listeners: parking_lot::RwLock<Vec<Arc<str>>>,
 }
 
 /// One broker node's MQTT engine. Cheap to clone.
@@ -96,6 +99,7 @@ impl Broker {
             connection_limit: Arc::new(Semaphore::new(config.max_connections)),
             fatal,
             connections: TaskTracker::new(),
+            listeners: parking_lot::RwLock::new(vec![Arc::from("default")]),
         };
         Ok(Broker {
             inner: Arc::new(inner),
@@ -129,11 +133,41 @@ impl Broker {
         self.inner.router.publish(&message)
     }
 
+    /// Registers a listener by name and returns its id (the same id for the same name).
+    pub fn register_listener(&self, name: &str) -> ListenerId {
+        let mut listeners = self.inner.listeners.write();
+        if let Some(idx) = listeners.iter().position(|known| &**known == name) {
+            return ListenerId(idx as u16);
+        }
+        listeners.push(Arc::from(name));
+        ListenerId((listeners.len() - 1) as u16)
+    }
+
+    /// Returns the name of a registered listener.
+    pub fn listener_name(&self, listener: ListenerId) -> Arc<str> {
+        let listeners = self.inner.listeners.read();
+        listeners
+            .get(usize::from(listener.0))
+            .cloned()
+            .unwrap_or_else(|| Arc::from("unknown"))
+    }
+
     /// Accepts MQTT connections on `listener` until `shutdown` is cancelled.
     ///
     /// Connections are closed at shutdown through the registry ([`Broker::shutdown`]), not
     /// through a token per connection, which would cost memory on every idle connection.
     pub async fn serve(&self, listener: TcpListener, shutdown: CancellationToken) {
+        self.serve_as(listener, ListenerId::default(), shutdown)
+            .await;
+    }
+
+    /// Like [`Broker::serve`], tagging connections with `listener_id`.
+    pub async fn serve_as(
+        &self,
+        listener: TcpListener,
+        listener_id: ListenerId,
+        shutdown: CancellationToken,
+    ) {
         loop {
             let permit = tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -145,7 +179,7 @@ impl Broker {
             };
             let _ = stream.set_nodelay(true);
             let broker = self.clone();
-            let fut = run_connection(broker, stream, peer, Some(permit));
+            let fut = run_connection(broker, stream, peer, listener_id, Some(permit));
             self.inner.connections.spawn(fut);
         }
     }

@@ -27,7 +27,26 @@ pub trait Transport: Send + Sync + 'static {
     fn try_write(&self, buf: &[u8]) -> io::Result<usize>;
     /// Closes the write direction (TCP FIN) while reads continue.
     fn shutdown_write(&self) -> io::Result<()>;
+    /// The verified client certificate of a mutual-TLS connection, if any.
+    fn peer_certificate(&self) -> Option<&PeerCertificate> {
+        None
+    }
 }
+
+/// Identity taken from a verified client certificate (mutual TLS).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PeerCertificate {
+    /// Subject common name.
+    pub common_name: Option<String>,
+    /// Subject alternative names (DNS names, URIs, e-mail addresses, IPs as text).
+    pub subject_alt_names: Vec<String>,
+    /// Serial number in lowercase hex, no separators (for bans).
+    pub serial_hex: String,
+}
+
+/// Index of the listener a connection arrived on (see `Broker::register_listener`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct ListenerId(pub u16);
 
 impl Transport for TcpStream {
     fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

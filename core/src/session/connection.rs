@@ -18,7 +18,7 @@ use crate::{
     registry::{discard_state, publish_will, OfflineNotice, PendingWill},
     session::{Control, OutboundState, SessionHandle, SessionState},
     topic,
-    transport::Transport,
+    transport::{ListenerId, Transport},
 };
 
 /// Bytes of unsent output after which the task stops reading and draining until the socket
@@ -47,6 +47,8 @@ pub(super) struct Connection<T> {
     pub(super) broker: Broker,
     pub(super) transport: T,
     pub(super) peer: SocketAddr,
+    /// The listener the connection arrived on.
+    pub(super) listener: ListenerId,
     pub(super) handle: SessionHandle,
     pub(super) state: Box<SessionState>,
     pub(super) epoch: u64,
@@ -130,6 +132,7 @@ pub fn run_connection<T: Transport>(
     broker: Broker,
     transport: T,
     peer: SocketAddr,
+    listener: ListenerId,
     permit: Option<tokio::sync::OwnedSemaphorePermit>,
 ) -> impl std::future::Future<Output = ()> + Send {
     async move {
@@ -176,7 +179,7 @@ pub fn run_connection<T: Transport>(
                 CloseReason::ConnectInvalid
             }
             Ok(Ok((connect, rbuf))) => {
-                match Box::pin(attach(broker, transport, peer, connect, rbuf)).await {
+                match Box::pin(attach(broker, transport, peer, listener, connect, rbuf)).await {
                     Some(connection) => connection.run().await,
                     None => CloseReason::ConnectRefused,
                 }
@@ -294,6 +297,7 @@ async fn attach<T: Transport>(
     broker: Broker,
     transport: T,
     peer: SocketAddr,
+    listener: ListenerId,
     connect: Box<Connect>,
     rbuf: BytesMut,
 ) -> Option<Box<Connection<T>>> {
@@ -499,6 +503,7 @@ async fn attach<T: Transport>(
         broker,
         transport,
         peer,
+        listener,
         handle: outcome.session,
         state,
         epoch: outcome.epoch,
@@ -766,6 +771,7 @@ impl<T: Transport> Connection<T> {
         tracing::info!(
             %client_id,
             peer = %self.peer,
+            listener = %self.broker.listener_name(self.listener),
             reason = close_reason.label(),
             reason_code = reason_code.map(|code| format!("0x{:02X}", code.as_u8())),
             detail,
