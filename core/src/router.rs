@@ -52,6 +52,8 @@ struct RouterInner {
 /// What routing one message did.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct RouteOutcome {
+    /// Sessions with a matching subscription.
+    pub num_matched: usize,
     /// Sessions the message was queued for (or is held for, under backpressure).
     pub num_queued: usize,
     /// Some session refused it with a full queue ([`crate::QueueFullPolicy::Refuse`]).
@@ -296,13 +298,14 @@ impl Router {
     ) -> RouteOutcome {
         let mut outcome = RouteOutcome::default();
         self.route_each(message, |session, delivery| {
+            outcome.num_matched += 1;
             match self.deliver(session, delivery, blocked.as_deref_mut()) {
                 Delivered::Queued => outcome.num_queued += 1,
                 Delivered::Dropped => {}
                 Delivered::Refused => outcome.refused = true,
             }
         });
-        if outcome.num_queued == 0 {
+        if outcome.num_matched == 0 {
             self.inner.metrics.dropped_no_subscribers.increment(1);
         }
         outcome

@@ -231,16 +231,15 @@ impl<T: Transport> Connection<T> {
 
         let limits = self.broker.inner.limits.clone();
         let backpressure = publish.qos != QoS::AtMostOnce;
-        let mut num_queued = 0;
+        let num_matched = deliveries.len();
         let mut refused = false;
         let mut blocked = Vec::new();
         for (session, delivery) in deliveries {
             let stored = delivery.stored;
             let metrics = &self.broker.inner.metrics;
             match session.push(delivery, &limits, metrics, backpressure) {
-                PushOutcome::Queued => num_queued += 1,
+                PushOutcome::Queued => {}
                 PushOutcome::QueuedEvicting(evicted) => {
-                    num_queued += 1;
                     self.unstore_queued(&session, evicted.stored);
                 }
                 PushOutcome::Dropped => self.unstore_queued(&session, stored),
@@ -248,20 +247,17 @@ impl<T: Transport> Connection<T> {
                     refused = true;
                     self.unstore_queued(&session, stored);
                 }
-                PushOutcome::Full(delivery) => {
-                    num_queued += 1;
-                    blocked.push((session, delivery));
-                }
+                PushOutcome::Full(delivery) => blocked.push((session, delivery)),
             }
         }
-        if num_queued == 0 {
+        if num_matched == 0 {
             self.broker
                 .inner
                 .metrics
                 .dropped_no_subscribers
                 .increment(1);
         }
-        let reason_code = self.publish_reason_code(num_queued, refused);
+        let reason_code = self.publish_reason_code(num_matched, refused);
         if blocked.is_empty() {
             return self.acknowledge_publish(publish, reason_code);
         }

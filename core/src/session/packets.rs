@@ -213,7 +213,7 @@ impl<T: Transport> Connection<T> {
             .inner
             .router
             .publish_with_backpressure(&message, backpressure);
-        let reason_code = self.publish_reason_code(outcome.num_queued, outcome.refused);
+        let reason_code = self.publish_reason_code(outcome.num_matched, outcome.refused);
         if blocked.is_empty() {
             return self.acknowledge_publish(&publish, reason_code);
         }
@@ -225,13 +225,13 @@ impl<T: Transport> Connection<T> {
     }
 
     /// The reason code of a publish's acknowledgement after routing.
-    pub(super) fn publish_reason_code(&self, num_queued: usize, refused: bool) -> ReasonCode {
+    pub(super) fn publish_reason_code(&self, num_matched: usize, refused: bool) -> ReasonCode {
         if !self.version.is_v5() {
             ReasonCode::Success
         } else if refused {
             // [MQTT-3.4.2.1] 0x97 Quota exceeded: a subscriber's queue refused the message.
             ReasonCode::QuotaExceeded
-        } else if num_queued == 0 {
+        } else if num_matched == 0 {
             ReasonCode::NoMatchingSubscribers
         } else {
             ReasonCode::Success
