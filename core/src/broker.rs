@@ -40,6 +40,8 @@ pub(crate) struct BrokerInner {
     pub(crate) router: Router,
     pub(crate) registry: SessionRegistry,
     pub(crate) metrics: BrokerMetrics,
+    /// The authentication/authorization hook, if configured.
+    pub(crate) auth: Option<Arc<dyn crate::auth::AuthProvider>>,
     /// Bounds simultaneous connections: a permit is taken before `accept`.
     connection_limit: Arc<Semaphore>,
     /// Cancelled by the supervisor when a shard actor fails.
@@ -96,6 +98,7 @@ impl Broker {
             router,
             registry,
             metrics,
+            auth: config.auth.map(|hook| hook.0),
             connection_limit: Arc::new(Semaphore::new(config.max_connections)),
             fatal,
             connections: TaskTracker::new(),

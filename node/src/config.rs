@@ -392,6 +392,7 @@ fn build_and_validate(
             num_topic_shards: topic_shards,
             num_session_shards: session_shards,
             max_connections: max_connections.max(1),
+            auth: None,
         },
         drain_timeout: Duration::from_millis(config.shutdown.drain_timeout_ms.unwrap_or(10_000)),
         log_level,
