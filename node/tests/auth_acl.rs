@@ -3,6 +3,7 @@
 //! one test per bypass attempt: wildcards in every position, `$SYS/#`, `$share` wrapping,
 //! topic alias re-pointing, Unicode look-alikes, very long and very deep topics, placeholder
 //! injection through the client id.
+#![allow(clippy::unwrap_used)]
 
 mod support;
 

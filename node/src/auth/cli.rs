@@ -75,7 +75,12 @@ pub enum BanCommand {
     List,
 }
 
-fn read_password() -> anyhow::Result<String> {
+fn read_password(input: Option<&mut dyn BufRead>) -> anyhow::Result<String> {
+    if let Some(input) = input {
+        let mut line = String::new();
+        input.read_line(&mut line)?;
+        return Ok(line.trim_end_matches(['\n', '\r']).to_string());
+    }
     let stdin = std::io::stdin();
     if stdin.is_terminal() {
         let first = rpassword::prompt_password("Password: ")?;
@@ -95,13 +100,26 @@ fn read_password() -> anyhow::Result<String> {
 /// # Errors
 /// Returns an error if the file cannot be read or written, or the input is invalid.
 pub fn run_passwd(args: &PasswdArgs, out: &mut dyn Write) -> anyhow::Result<()> {
+    run_passwd_with_input(args, None, out)
+}
+
+/// Runs `starling passwd`, reading a new password from `input` instead of the terminal or
+/// stdin when given (for tests and tools).
+///
+/// # Errors
+/// Returns an error if the file cannot be read or written, or the input is invalid.
+pub fn run_passwd_with_input(
+    args: &PasswdArgs,
+    input: Option<&mut dyn BufRead>,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
     match &args.command {
         PasswdCommand::Add {
             user,
             scram,
             scram_iterations,
         } => {
-            let password = read_password()?;
+            let password = read_password(input)?;
             password::add_user(
                 &args.file,
                 user,
