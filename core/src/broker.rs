@@ -49,6 +49,8 @@ pub(crate) struct BrokerInner {
     pub(crate) persistence: Option<Arc<Persistence>>,
     /// What recovery loaded at start-up.
     recovery_counts: Option<RecoveryCounts>,
+    /// The authentication/authorization hook, if configured.
+    pub(crate) auth: Option<Arc<dyn crate::auth::AuthProvider>>,
     /// Bounds simultaneous connections: a permit is taken before `accept`.
     connection_limit: Arc<Semaphore>,
     /// Cancelled by the supervisor when a shard actor fails.
@@ -150,6 +152,7 @@ impl Broker {
             metrics,
             persistence,
             recovery_counts,
+            auth: config.auth.map(|hook| hook.0),
             connection_limit: Arc::new(Semaphore::new(config.max_connections)),
             fatal,
             connections: TaskTracker::new(),

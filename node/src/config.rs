@@ -7,8 +7,10 @@ use anyhow::Context;
 use serde::Deserialize;
 use starling_core::{codec::QoS, BrokerConfig, QueueFullPolicy, SessionLimits};
 
+mod auth;
 mod effective;
 
+pub use auth::{AuthConfig, HttpHookConfig, JwtConfig};
 pub use effective::effective_config_json;
 
 /// The embedded default configuration, printed by `starling config default`.
@@ -44,6 +46,12 @@ struct NodeConfigV1 {
     admin: AdminV1,
     #[serde(default)]
     storage: StorageV1,
+    #[serde(default)]
+    auth: auth::AuthV1,
+    #[serde(default)]
+    acl: auth::AclV1,
+    #[serde(default)]
+    limits: auth::LimitsV1,
 }
 
 #[derive(Deserialize, Default)]
@@ -227,6 +235,8 @@ pub struct NodeConfig {
     pub admin: AdminConfig,
     /// Durable storage.
     pub storage: StorageSettings,
+    /// Authentication, authorization, bans and per-client limits.
+    pub auth: AuthConfig,
 }
 
 /// Loads a configuration from TOML text (`source` names the file in errors) and applies the
@@ -358,6 +368,14 @@ fn build_and_validate(
             ));
         }
     }
+    let auth = auth::build_auth_config(
+        config.auth,
+        config.acl,
+        config.limits,
+        limits.allow_anonymous,
+        max_topic_levels,
+        &|key, message| invalid(source, toml_text, key, message),
+    )?;
     let mut max_connections = config.engine.max_connections.unwrap_or(1_000_000);
     let mut tcp_listen = config
         .listeners
@@ -477,6 +495,7 @@ fn build_and_validate(
             num_topic_shards: topic_shards,
             num_session_shards: session_shards,
             max_connections: max_connections.max(1),
+            auth: None,
         },
         drain_timeout: Duration::from_millis(config.shutdown.drain_timeout_ms.unwrap_or(10_000)),
         log_level,
@@ -488,6 +507,7 @@ fn build_and_validate(
             metrics: config.admin.metrics.unwrap_or(true),
             sys_interval: (sys_interval_secs > 0).then(|| Duration::from_secs(sys_interval_secs)),
         },
+        auth,
     })
 }
 

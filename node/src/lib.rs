@@ -1,6 +1,7 @@
 //! The Starling node: configuration, listeners, wiring and shutdown around the core engine.
 //!
 //! # Layout
+//! - [`auth`]: authentication, ACLs, bans and per-client limits (the core's auth provider).
 //! - [`config`]: the TOML configuration, defaults and environment overrides.
 //! - [`start_node`]: binds the listeners and starts the engine; used by the binary and by tests.
 //! - `admin`: the admin HTTP listener (probes, `/metrics`, REST API under `/api/v1`).
@@ -12,6 +13,7 @@
 //! - [`storage`]: opens the configured store (redb, sled, or none).
 
 mod admin;
+pub mod auth;
 pub mod config;
 pub mod ctl;
 pub mod logging;
@@ -51,6 +53,8 @@ pub struct RunningNode {
     /// Stops the admin listener and the `$SYS` publisher, last in the shutdown sequence.
     admin_shutdown: CancellationToken,
     admin_tasks: Vec<JoinHandle<()>>,
+    /// The auth provider, if configured (its watcher stops with the node).
+    auth: Option<std::sync::Arc<auth::NodeAuth>>,
 }
 
 /// What a node can be given besides its configuration.
@@ -80,11 +84,18 @@ pub async fn start_node_with(
     let prometheus = (config.admin.enabled && config.admin.metrics)
         .then(metrics::install_prometheus_recorder)
         .flatten();
+    auth::register_metrics();
+    let node_auth = auth::NodeAuth::build(&config.auth, config.broker.limits.max_topic_levels)
+        .context("invalid authentication setup")?;
     let mut broker_config = config.broker.clone();
+    broker_config.auth = node_auth.as_ref().map(auth::NodeAuth::hook);
     broker_config.storage = storage::open_store(&config.storage, &config.data_dir)?;
     let broker = Broker::start(broker_config)
         .await
         .context("failed to start the broker engine")?;
+    if let Some(node_auth) = &node_auth {
+        node_auth.spawn_watcher();
+    }
     let listener = TcpListener::bind(config.tcp_listen)
         .await
         .with_context(|| format!("failed to bind the mqtt listener on {}", config.tcp_listen))?;
@@ -149,6 +160,7 @@ pub async fn start_node_with(
         accept_tasks: vec![accept_task],
         admin_shutdown,
         admin_tasks,
+        auth: node_auth,
     })
 }
 
@@ -176,6 +188,9 @@ impl RunningNode {
                 tracing::warn!("admin listener did not stop in time; aborting it");
                 task.abort();
             }
+        }
+        if let Some(auth) = &self.auth {
+            auth.stop();
         }
         tracing::info!("shutdown complete");
     }

@@ -1,5 +1,6 @@
 //! The `starling` binary: `starling [serve] [--config FILE]`, `starling config default`,
-//! `starling ctl ...` (the admin API client).
+//! `starling ctl ...` (the admin API client), `starling passwd ...` (password file),
+//! `starling ban ...` (ban list).
 
 use std::{collections::HashMap, io::Write, path::PathBuf};
 
@@ -35,6 +36,10 @@ enum Command {
     },
     /// Operates a running node through its admin API (tables, or JSON with --json).
     Ctl(CtlArgs),
+    /// Edits a password file (argon2 hashes, optional SCRAM-SHA-256 keys).
+    Passwd(starling_node::auth::cli::PasswdArgs),
+    /// Edits the ban list file (`--file`, or `auth.ban_file` of `--config`).
+    Ban(starling_node::auth::cli::BanArgs),
 }
 
 #[derive(Subcommand)]
@@ -80,6 +85,18 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Some(Command::Ctl(args)) => starling_node::ctl::run(args, &mut std::io::stdout().lock()),
+        Some(Command::Passwd(args)) => {
+            starling_node::auth::cli::run_passwd(args, &mut std::io::stdout().lock())
+        }
+        Some(Command::Ban(args)) => {
+            let file = match &args.file {
+                Some(file) => file.clone(),
+                None => load(&cli)?.auth.ban_file.context(
+                    "no ban file: pass --file or set auth.ban_file in the --config file",
+                )?,
+            };
+            starling_node::auth::cli::run_ban(&args.command, &file, &mut std::io::stdout().lock())
+        }
         Some(Command::Serve) | None => {
             let config = load(&cli)?;
             let log_control = logging::init(&config).context("cannot set up logging")?;
