@@ -48,6 +48,9 @@ pub(super) struct DurableGate {
     pending: WriteBatch,
     /// Write-buffer offset from which the output depends on `pending`.
     pending_start: usize,
+    /// Operations no output waits for (removals after PUBACK/PUBCOMP, dropped deliveries);
+    /// submitted before `pending`, so their order with this connection's writes holds.
+    detached: WriteBatch,
 }
 
 impl<T: Transport> Connection<T> {
@@ -69,11 +72,21 @@ impl<T: Transport> Connection<T> {
         &mut gate.pending
     }
 
-    /// Submits the pending batch, if any.
+    /// Returns the batch of operations no output waits for (the broker has storage).
+    pub(super) fn detached_batch(&mut self) -> &mut WriteBatch {
+        &mut self.gate.get_or_insert_with(Box::default).detached
+    }
+
+    /// Submits the detached and the pending batch, if any.
     pub(super) fn submit_pending(&mut self) -> Result<(), Close> {
         let Some(gate) = self.gate.as_mut() else {
             return Ok(());
         };
+        if !gate.detached.is_empty() {
+            if let Some(persistence) = self.broker.inner.persistence.as_ref() {
+                persistence.submit_detached(std::mem::take(&mut gate.detached));
+            }
+        }
         if gate.pending.is_empty() {
             if gate.submitted.is_empty() {
                 self.gate = None;
@@ -141,7 +154,7 @@ impl<T: Transport> Connection<T> {
         if !completed {
             return Poll::Pending;
         }
-        if gate.submitted.is_empty() && gate.pending.is_empty() {
+        if gate.submitted.is_empty() && gate.pending.is_empty() && gate.detached.is_empty() {
             self.gate = None;
         }
         Poll::Ready(Ok(()))
@@ -290,7 +303,7 @@ impl<T: Transport> Connection<T> {
             return;
         }
         let client_id = session.client_id().clone();
-        self.pending_batch()
+        self.detached_batch()
             .remove_queue(&client_id, stored.queue_seq, stored.message_id);
     }
 
@@ -343,8 +356,9 @@ impl<T: Transport> Connection<T> {
         let client_id = self.state.client_id.clone();
         let stored = outbound.delivery.stored;
         if stored.queue_seq != 0 {
-            // QoS 1 (see `store_inflight`): the queue entry is the in-flight state.
-            self.pending_batch()
+            // QoS 1 (see `store_inflight`): the queue entry is the in-flight state; nothing
+            // waits for its removal.
+            self.detached_batch()
                 .remove_queue(&client_id, stored.queue_seq, stored.message_id);
             return;
         }
@@ -365,15 +379,15 @@ impl<T: Transport> Connection<T> {
             subscription_ids: Vec::new(),
         };
         let current = record(published);
-        let batch = self.pending_batch();
         if released {
-            batch.put_inflight(
+            // PUBREL waits for this.
+            self.pending_batch().put_inflight(
                 &client_id,
                 &record(InflightState::PubRelSent),
                 Some(&current),
             );
         } else {
-            batch.remove_inflight(&client_id, &current);
+            self.detached_batch().remove_inflight(&client_id, &current);
         }
     }
 }
