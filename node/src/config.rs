@@ -1,15 +1,25 @@
 //! Node configuration: one TOML file (`deny_unknown_fields`, versioned), embedded defaults,
 //! `STARLING_*` environment overrides, validated into typed values in one step.
 
-use std::{collections::HashMap, net::SocketAddr, num::NonZeroU16, path::PathBuf, time::Duration};
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::SocketAddr,
+    num::NonZeroU16,
+    path::PathBuf,
+    time::Duration,
+};
 
 use anyhow::Context;
 use serde::Deserialize;
 use starling_core::{codec::QoS, BrokerConfig, QueueFullPolicy, SessionLimits};
 
 mod effective;
+mod listeners;
 
 pub use effective::effective_config_json;
+pub use listeners::{
+    ClientAuth, ListenerConfig, ListenerProtocol, TlsListenerConfig, TlsVersion, TCP_LISTENER_NAME,
+};
 
 /// The embedded default configuration, printed by `starling config default`.
 pub const DEFAULT_CONFIG_TOML: &str = include_str!("config/default.toml");
@@ -31,7 +41,7 @@ struct NodeConfigV1 {
     node_id: Option<String>,
     data_dir: Option<PathBuf>,
     #[serde(default)]
-    listeners: ListenersV1,
+    listeners: BTreeMap<String, listeners::ListenerV1>,
     #[serde(default)]
     mqtt: MqttV1,
     #[serde(default)]
@@ -42,18 +52,6 @@ struct NodeConfigV1 {
     log: LogV1,
     #[serde(default)]
     admin: AdminV1,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct ListenersV1 {
-    tcp: Option<TcpListenerV1>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct TcpListenerV1 {
-    bind: SocketAddr,
 }
 
 #[derive(Deserialize, Clone, Copy)]
@@ -161,8 +159,8 @@ pub struct NodeConfig {
     pub node_id: String,
     /// Directory of persistent state.
     pub data_dir: PathBuf,
-    /// Address of the MQTT TCP listener.
-    pub tcp_listen: SocketAddr,
+    /// The MQTT listeners (at least one).
+    pub listeners: Vec<ListenerConfig>,
     /// The MQTT engine's configuration.
     pub broker: BrokerConfig,
     /// Time connections get to close at shutdown.
@@ -173,6 +171,16 @@ pub struct NodeConfig {
     pub log_format: LogFormat,
     /// The admin listener.
     pub admin: AdminConfig,
+}
+
+impl NodeConfig {
+    /// Returns the bind address of the listener named `tcp`, if there is one.
+    pub fn tcp_listen(&self) -> Option<SocketAddr> {
+        self.listeners
+            .iter()
+            .find(|listener| listener.name == TCP_LISTENER_NAME)
+            .map(|listener| listener.bind)
+    }
 }
 
 /// Loads a configuration from TOML text (`source` names the file in errors) and applies the
@@ -304,20 +312,12 @@ fn build_and_validate(
         }
     }
     let mut max_connections = config.engine.max_connections.unwrap_or(1_000_000);
-    let mut tcp_listen = config
-        .listeners
-        .tcp
-        .map_or_else(|| SocketAddr::from(([0, 0, 0, 0], 1883)), |tcp| tcp.bind);
+    let listeners = listeners::build_listeners(config.listeners, toml_text, source, env_vars)?;
     let mut data_dir = config.data_dir.unwrap_or_else(|| PathBuf::from("./data"));
     let mut node_id = config.node_id.unwrap_or_default();
     let mut log_level = config.log.level.unwrap_or_else(|| "info".to_string());
     let mut log_format = config.log.format.unwrap_or(LogFormat::Text);
 
-    if let Some(value) = env_vars.get("STARLING_LISTEN") {
-        tcp_listen = value.parse().with_context(|| {
-            format!("invalid STARLING_LISTEN {value:?}: expected an address like 127.0.0.1:1883")
-        })?;
-    }
     if let Some(value) = env_vars.get("STARLING_DATA_DIR") {
         data_dir = PathBuf::from(value);
     }
@@ -386,7 +386,7 @@ fn build_and_validate(
     Ok(NodeConfig {
         node_id,
         data_dir,
-        tcp_listen,
+        listeners,
         broker: BrokerConfig {
             limits,
             num_topic_shards: topic_shards,
@@ -414,7 +414,7 @@ mod tests {
     fn embedded_default_config_loads() {
         let config =
             load_node_config(DEFAULT_CONFIG_TOML, "default.toml", &HashMap::new()).unwrap();
-        assert_eq!(config.tcp_listen, "0.0.0.0:1883".parse().unwrap());
+        assert_eq!(config.tcp_listen(), Some("0.0.0.0:1883".parse().unwrap()));
         assert_eq!(config.broker.limits.receive_maximum, 1024);
         assert_eq!(config.data_dir, PathBuf::from("./data"));
     }
@@ -426,7 +426,7 @@ mod tests {
             ("STARLING_DATA_DIR".to_string(), "/tmp/x".to_string()),
         ]);
         let config = load_node_config("", "none", &env).unwrap();
-        assert_eq!(config.tcp_listen, "127.0.0.1:1884".parse().unwrap());
+        assert_eq!(config.tcp_listen(), Some("127.0.0.1:1884".parse().unwrap()));
         assert_eq!(config.data_dir, PathBuf::from("/tmp/x"));
     }
 
