@@ -436,6 +436,22 @@ impl TlsTransport {
     }
 }
 
+impl Drop for TlsTransport {
+    /// Sends close_notify if the connection task did not (the peer closed first, or the
+    /// connection failed): best effort, without waiting.
+    fn drop(&mut self) {
+        let state = self.state.get_mut();
+        if state.close_notify_queued {
+            return;
+        }
+        state.close_notify_queued = true;
+        let mut plaintext = std::mem::take(&mut state.plaintext);
+        if state.process(&mut plaintext, None, true).is_ok() {
+            let _ = state.try_flush(&self.tcp);
+        }
+    }
+}
+
 impl Transport for TlsTransport {
     fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let mut state = self.state.lock();

@@ -31,7 +31,7 @@ const MAX_PAYLOAD_PER_WRITE: usize = 16 * 1024;
 const MIN_READ_BYTES: usize = 4 * 1024;
 
 /// A WebSocket server connection over `T`.
-pub(crate) struct WsTransport<T> {
+pub(crate) struct WsTransport<T: Transport> {
     inner: T,
     state: Mutex<WsState>,
 }
@@ -135,6 +135,16 @@ impl WsState {
             self.input = BytesMut::new();
         }
         Ok(())
+    }
+}
+
+impl<T: Transport> Drop for WsTransport<T> {
+    /// Sends a close frame if the connection task did not (the client vanished or the
+    /// connection failed): best effort, without waiting.
+    fn drop(&mut self) {
+        let state = self.state.get_mut();
+        state.queue_close(frame::CLOSE_NORMAL);
+        let _ = state.try_flush(&self.inner);
     }
 }
 
