@@ -184,12 +184,10 @@ enum HandshakeFailure {
     Shutdown,
 }
 
-/// Runs the TLS handshake and/or WebSocket upgrade, then the connection.
-///
-/// A plain function returning an `async move` block, like `run_connection`: an `async fn`
-/// would keep a second copy of its arguments in the task of every connection.
-#[allow(clippy::manual_async_fn)]
-fn handshake_then_run(
+/// Runs the TLS handshake and/or WebSocket upgrade, then hands the connection to a task of
+/// its own: this task, with its handshake state and its copies of the arguments, is freed
+/// rather than kept for the life of every connection.
+async fn handshake_then_run(
     broker: Broker,
     context: Arc<HandshakeContext>,
     stream: TcpStream,
@@ -197,25 +195,30 @@ fn handshake_then_run(
     listener_id: ListenerId,
     slot: OwnedSemaphorePermit,
     listener_slot: ListenerSlot,
-) -> impl Future<Output = ()> + Send {
-    async move {
-        // Boxed: the handshake's state is large and freed once it is done, so it does not
-        // size the task of every idle connection.
-        let secured = Box::pin(handshake(context, stream, peer)).await;
-        match secured {
-            Some(Secured::Tls(transport)) => {
-                let transport = Admitted::new(transport, listener_slot);
-                run_connection(broker, transport, peer, listener_id, Some(slot)).await;
-            }
-            Some(Secured::Ws(transport)) => {
-                let transport = Admitted::new(transport, listener_slot);
-                run_connection(broker, transport, peer, listener_id, Some(slot)).await;
-            }
-            Some(Secured::Wss(transport)) => {
-                let transport = Admitted::new(transport, listener_slot);
-                run_connection(broker, transport, peer, listener_id, Some(slot)).await;
-            }
-            None => {}
+) {
+    let shutdown = context.shutdown.clone();
+    let Some(secured) = handshake(context, stream, peer).await else {
+        return;
+    };
+    if shutdown.is_cancelled() {
+        return;
+    }
+    let slot = Some(slot);
+    match secured {
+        Secured::Tls(transport) => {
+            let transport = Admitted::new(transport, listener_slot);
+            let task = run_connection(broker.clone(), transport, peer, listener_id, slot);
+            broker.spawn_connection_task(task);
+        }
+        Secured::Ws(transport) => {
+            let transport = Admitted::new(transport, listener_slot);
+            let task = run_connection(broker.clone(), transport, peer, listener_id, slot);
+            broker.spawn_connection_task(task);
+        }
+        Secured::Wss(transport) => {
+            let transport = Admitted::new(transport, listener_slot);
+            let task = run_connection(broker.clone(), transport, peer, listener_id, slot);
+            broker.spawn_connection_task(task);
         }
     }
 }
