@@ -177,7 +177,7 @@ impl Broker {
     }
 
     /// Waits for a slot under `engine.max_connections`; a listener takes one before `accept`
-    /// and hands it to [`Broker::spawn_connection`].
+    /// and hands it to the connection task it spawns with [`Broker::spawn_connection_task`].
     pub async fn acquire_connection_slot(&self) -> OwnedSemaphorePermit {
         self.inner
             .connection_limit
@@ -187,9 +187,8 @@ impl Broker {
             .expect("connection limit is never closed")
     }
 
-    /// Runs `task`, which ends in [`run_connection`] for an accepted connection (after a TLS
-    /// handshake or WebSocket upgrade, say), among the connection tasks that shutdown waits
-    /// for.
+    /// Runs `task` among the connection tasks that shutdown waits for: [`run_connection`] for
+    /// an accepted connection, or a TLS handshake or WebSocket upgrade that spawns it.
     pub fn spawn_connection_task(&self, task: impl Future<Output = ()> + Send + 'static) {
         self.inner.connections.spawn(task);
     }

@@ -479,3 +479,76 @@ async fn certificate_identity_binds_the_client_id() {
     );
     broker.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_certificate_of_the_running_binary() {
+    let mut pki = TestPki::new();
+    let data_dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    // Polling is off: only SIGHUP reloads.
+    let toml = tls_listener_toml(&pki, "secure", "tls", "cert_reload_interval_ms = 0\n")
+        .replace("127.0.0.1:0", &addr.to_string());
+    let config_file = data_dir.path().join("starling.toml");
+    std::fs::write(&config_file, format!("version = \"1\"\n{toml}")).unwrap();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_starling"))
+        .arg("--config")
+        .arg(&config_file)
+        .env("STARLING_ADMIN_BIND", "127.0.0.1:0")
+        .env("STARLING_DATA_DIR", data_dir.path())
+        .env("STARLING_LOG_LEVEL", "warn")
+        .env_remove("RUST_LOG")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let config = pki.client_config(None);
+    let first_der = pki.server_der.clone();
+    eventually(PROMPTLY, "the binary serving TLS", || {
+        let config = config.clone();
+        let first_der = first_der.clone();
+        async move { served_certificate(addr, config).await == Some(first_der) }
+    })
+    .await;
+    let mut client = MqttClient::connect_ok(
+        Plain(tls_connect(addr, config.clone()).await.unwrap()),
+        "sighup-client",
+    )
+    .await;
+    client
+        .subscribe("sighup/#", starling_core::codec::QoS::AtMostOnce)
+        .await;
+
+    pki.write_server_certificate("starling-after-sighup");
+    let second_der = pki.server_der.clone();
+    let pid = child.id().expect("running").to_string();
+    let status = tokio::process::Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .await
+        .unwrap();
+    assert!(status.success());
+    eventually(PROMPTLY, "the new certificate served after SIGHUP", || {
+        let config = config.clone();
+        let second_der = second_der.clone();
+        async move { served_certificate(addr, config).await == Some(second_der) }
+    })
+    .await;
+    // The connection made before the reload carries on.
+    client.publish("sighup/t", b"still here").await.unwrap();
+    assert_eq!(
+        client.recv_publish().await,
+        ("sighup/t".to_string(), b"still here".to_vec())
+    );
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "SIGHUP must not stop the node"
+    );
+    let _ = child.start_kill();
+}
