@@ -89,6 +89,17 @@ pub struct CertIdentityPolicy {
 }
 
 impl CertIdentityPolicy {
+    /// Returns the user name a connection authenticates as when the listener takes it from
+    /// the certificate (`cert_identity = "username"` or `"both"`): the CONNECT user name is then
+    /// ignored and no password is needed. `None` when the listener does not, or when the client
+    /// presented no certificate with the identity field (then the CONNECT credentials apply).
+    pub fn username<'a>(&self, peer: Option<&'a PeerCertificate>) -> Option<&'a str> {
+        if !self.as_username {
+            return None;
+        }
+        peer?.identity(self.source)
+    }
+
     /// Returns the identity of `peer` under this policy when the policy uses it at all.
     pub fn identity<'a>(&self, peer: Option<&'a PeerCertificate>) -> Option<&'a str> {
         if !(self.as_username || self.as_client_id) {
@@ -230,6 +241,9 @@ mod tests {
             as_client_id: false,
         };
         assert_eq!(by_san.identity(Some(&peer)), Some("device-7.example.com"));
+        assert_eq!(by_san.username(Some(&peer)), Some("device-7.example.com"));
+        assert_eq!(by_san.username(None), None);
+        assert_eq!(by_cn.username(Some(&peer)), None, "client id only");
         assert_eq!(by_san.client_id(Some(&peer), "x"), Ok(None));
     }
 }

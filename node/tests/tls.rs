@@ -552,3 +552,74 @@ async fn sighup_reloads_the_certificate_of_the_running_binary() {
     );
     let _ = child.start_kill();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paho_publishes_and_subscribes_over_tls_with_a_client_certificate() {
+    if !support::external::require_paho() {
+        return;
+    }
+    let mut pki = TestPki::new();
+    let client = pki.client("paho-tls", ClientKind::Valid);
+    let broker = start_tls_broker(&pki, "paho_tls", &mutual_tls_toml(&pki, false)).await;
+    let output = support::external::run_python(
+        "paho_transport.py",
+        &[
+            "--port".to_string(),
+            broker.listener_addr("paho_tls").port().to_string(),
+            "--topic".to_string(),
+            "paho-tls".to_string(),
+            "--cafile".to_string(),
+            pki.path("ca.pem").display().to_string(),
+            "--certfile".to_string(),
+            client.cert_file.display().to_string(),
+            "--keyfile".to_string(),
+            client.key_file.display().to_string(),
+        ],
+    )
+    .await;
+    output.assert_success("paho over TLS");
+    let result: serde_json::Value = serde_json::from_str(output.stdout.trim()).unwrap();
+    let topics = |key: &str| {
+        let mut topics: Vec<String> = result[key]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|message| message.to_string())
+            .collect();
+        topics.sort();
+        topics
+    };
+    assert_eq!(topics("received"), topics("expected"));
+    assert_eq!(topics("received").len(), 4);
+    broker.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn optional_client_certificates_admit_clients_without_one() {
+    let mut pki = TestPki::new();
+    let valid = pki.client("optional-valid", ClientKind::Valid);
+    let other_ca = pki.client("optional-other-ca", ClientKind::OtherCa);
+    let extra = format!(
+        "client_ca_file = {:?}\nclient_auth = \"optional\"\n",
+        pki.path("ca.pem").display().to_string()
+    );
+    let broker = start_tls_broker(&pki, "optional", &extra).await;
+    let addr = broker.listener_addr("optional");
+    assert_eq!(
+        try_mqtt_over_tls(addr, pki.client_config(None), "anonymous").await,
+        Ok(ReasonCode::Success)
+    );
+    assert_eq!(
+        try_mqtt_over_tls(addr, pki.client_config(Some(&valid)), "with-cert").await,
+        Ok(ReasonCode::Success)
+    );
+    // A certificate that is presented must verify.
+    let refused = try_mqtt_over_tls(addr, pki.client_config(Some(&other_ca)), "bad-cert").await;
+    assert!(
+        refused
+            .as_ref()
+            .is_err_and(|error| error.contains("UnknownCA")),
+        "{refused:?}"
+    );
+    broker.shutdown().await;
+}
