@@ -9,6 +9,7 @@ pub mod pki;
 pub mod poll;
 pub mod raw;
 pub mod stream;
+pub mod tls;
 
 use std::{collections::HashMap, future::Future, net::SocketAddr, time::Duration};
 

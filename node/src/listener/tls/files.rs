@@ -148,7 +148,7 @@ fn build_server_config(
             settings.key_file.display()
         )
     })?;
-    let not_after = super::super::identity::not_after_unix_secs(chain[0].as_ref());
+    let not_after = crate::listener::identity::not_after_unix_secs(chain[0].as_ref());
     let versions: &[&'static SupportedProtocolVersion] = match settings.min_version {
         TlsVersion::Tls12 => &[&rustls::version::TLS13, &rustls::version::TLS12],
         TlsVersion::Tls13 => &[&rustls::version::TLS13],
