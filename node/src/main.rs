@@ -77,10 +77,22 @@ fn main() -> anyhow::Result<()> {
             command: ConfigCommand::Check,
         }) => {
             let config = load(&cli)?;
+            let listeners: Vec<String> = config
+                .listeners
+                .iter()
+                .map(|listener| {
+                    format!(
+                        "{} ({} on {})",
+                        listener.name,
+                        listener.protocol.label(),
+                        listener.bind
+                    )
+                })
+                .collect();
             writeln!(
                 std::io::stdout(),
-                "configuration is valid: mqtt listener {}",
-                config.tcp_listen
+                "configuration is valid: mqtt listeners {}",
+                listeners.join(", ")
             )?;
             Ok(())
         }
@@ -109,7 +121,7 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn serve(config: NodeConfig, log_control: starling_node::LogControl) -> anyhow::Result<()> {
-    tracing::info!(node_id = %config.node_id, data_dir = %config.data_dir.display(), listen = %config.tcp_listen, "starting starling");
+    tracing::info!(node_id = %config.node_id, data_dir = %config.data_dir.display(), listeners = config.listeners.len(), "starting starling");
     tracing::info!(config = %starling_node::config::effective_config_json(&config), "effective configuration");
     let options = NodeOptions {
         log_control: Some(log_control),
@@ -117,11 +129,19 @@ async fn serve(config: NodeConfig, log_control: starling_node::LogControl) -> an
     let node = start_node_with(config, options).await?;
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("cannot install SIGTERM handler")?;
+    let mut sighup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("cannot install SIGHUP handler")?;
     let broker = node.broker.clone();
-    let fatal = tokio::select! {
-        _ = tokio::signal::ctrl_c() => { tracing::info!("SIGINT received"); false }
-        _ = sigterm.recv() => { tracing::info!("SIGTERM received"); false }
-        () = broker.fatal_error() => { tracing::error!("an engine actor failed"); true }
+    let fatal = loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => { tracing::info!("SIGINT received"); break false }
+            _ = sigterm.recv() => { tracing::info!("SIGTERM received"); break false }
+            _ = sighup.recv() => {
+                let num_failed = node.reload_tls().await;
+                tracing::info!(num_failed, "SIGHUP received: tls files reloaded");
+            }
+            () = broker.fatal_error() => { tracing::error!("an engine actor failed"); break true }
+        }
     };
     node.shutdown().await;
     if fatal {

@@ -74,9 +74,13 @@ pub(super) async fn authenticate_connect<T: Transport>(
     };
     let listener_name = broker.listener_name(listener);
     let method = connect.properties.authentication_method.clone();
+    // A listener may take the username from the verified client certificate.
+    let certificate_username = broker
+        .listener_cert_identity(listener)
+        .username(transport.peer_certificate());
     let request = ConnectRequest {
         client_id,
-        username: connect.username.as_deref(),
+        username: certificate_username.or(connect.username.as_deref()),
         password: connect.password.as_deref(),
         method: method.as_deref(),
         data: connect.properties.authentication_data.as_deref(),

@@ -342,6 +342,21 @@ async fn attach<T: Transport>(
         // Owned copy: never pin the read buffer for the life of the session.
         (ByteString::from(String::from(&*connect.client_id)), false)
     };
+    // Mutual TLS: the listener may bind the client id to the certificate's identity.
+    let (client_id, assigned) = match broker
+        .listener_cert_identity(listener)
+        .client_id(transport.peer_certificate(), &connect.client_id)
+    {
+        Ok(None) => (client_id, assigned),
+        Ok(Some(identity)) => (
+            ByteString::from(identity),
+            version.is_v5() && connect.client_id.is_empty(),
+        ),
+        Err(refusal) => {
+            refuse(&transport, version, refusal.reason_code(), refusal.reason()).await;
+            return None;
+        }
+    };
     let authenticated = super::auth_flow::authenticate_connect(
         &broker, &transport, peer, listener, &connect, &client_id, &mut rbuf,
     )
@@ -577,7 +592,7 @@ impl<T: Transport> Connection<T> {
             let want_read = self.wbuf.len() < MAX_PENDING_WRITE_BYTES
                 && self.blocked.is_none()
                 && !self.gate_is_full();
-            let want_write = self.releasable_len() > 0;
+            let want_write = self.releasable_len() > 0 || self.transport.has_pending_output();
             let event = std::future::poll_fn(|cx| {
                 if self.handle.poll_notified(cx).is_ready() {
                     return Poll::Ready(LoopEvent::Notified);

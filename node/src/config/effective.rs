@@ -18,7 +18,7 @@ pub fn effective_config_json(config: &NodeConfig) -> Value {
         "version": "1",
         "node_id": config.node_id,
         "data_dir": config.data_dir.display().to_string(),
-        "listeners": { "tcp": { "bind": config.tcp_listen.to_string() } },
+        "listeners": super::listeners::listeners_json(&config.listeners),
         "mqtt": {
             "max_packet_size_bytes": limits.max_packet_size,
             "receive_maximum": limits.receive_maximum,
