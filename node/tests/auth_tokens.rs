@@ -193,7 +193,7 @@ async fn hook_server(requests: Arc<AtomicUsize>) -> std::net::SocketAddr {
                 if user == "slow" {
                     tokio::time::sleep(Duration::from_secs(3)).await;
                 }
-                let ok = user == "alice" && body["password"] == "good" && body["listener"] == "default";
+                let ok = user == "alice" && body["password"] == "good" && body["listener"] == "tcp";
                 Json(if ok {
                     json!({"result": "allow", "publish": ["fleet/%c/#"], "subscribe": ["fleet/%c/#"]})
                 } else {
