@@ -2,10 +2,36 @@
 //!
 //! Names follow `starling_<area>_<thing>_<unit|total>`; labels have bounded cardinality (never a
 //! client id or a topic). Without an installed recorder every handle is a no-op.
+//!
+//! - [`histogram`]: the fixed-bucket histograms of the hot paths (delivery latency, storage,
+//!   mailbox waits), rendered by the node.
+
+pub mod histogram;
+
+use std::sync::Arc;
 
 use metrics::{counter, gauge, Counter, Gauge};
+use parking_lot::RwLock;
 
-use crate::codec::ReasonCode;
+use self::histogram::{Histogram, HistogramSpec, LATENCY_BOUNDS_MICROS};
+use crate::{codec::ReasonCode, message::Delivery, transport::ListenerId};
+
+/// `starling_message_delivery_latency_seconds`.
+pub static DELIVERY_LATENCY: HistogramSpec = HistogramSpec {
+    name: "starling_message_delivery_latency_seconds",
+    help:
+        "Time from receiving a PUBLISH to writing its delivery into a subscriber's socket buffer.",
+    bounds: LATENCY_BOUNDS_MICROS,
+    units_per_exported_unit: 1e6,
+};
+
+/// `starling_actor_mailbox_wait_seconds{actor}`.
+pub static MAILBOX_WAIT: HistogramSpec = HistogramSpec {
+    name: "starling_actor_mailbox_wait_seconds",
+    help: "Time a periodic tick message waited in an actor's mailbox before it was handled.",
+    bounds: LATENCY_BOUNDS_MICROS,
+    units_per_exported_unit: 1e6,
+};
 
 /// Why a connection closed: the `reason` label of `starling_connections_closed_total`.
 ///
@@ -104,6 +130,100 @@ impl ClosedConnectionCounters {
     }
 }
 
+/// Why a CONNECT failed authentication: the `reason` label of `starling_auth_failures_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthFailure {
+    /// No username, and `mqtt.allow_anonymous = false`.
+    AnonymousDenied,
+    /// Wrong username or password, or an unknown client certificate.
+    BadCredentials,
+    /// An MQTT 5 authentication method the broker does not support.
+    UnsupportedMethod,
+    /// The identity is known but may not connect (banned, not allowed on this listener).
+    NotAuthorized,
+    /// The authentication backend failed or timed out.
+    BackendError,
+}
+
+impl AuthFailure {
+    /// Every reason, in label order.
+    pub const ALL: [AuthFailure; 5] = [
+        AuthFailure::AnonymousDenied,
+        AuthFailure::BadCredentials,
+        AuthFailure::UnsupportedMethod,
+        AuthFailure::NotAuthorized,
+        AuthFailure::BackendError,
+    ];
+
+    /// Returns the label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            AuthFailure::AnonymousDenied => "anonymous_denied",
+            AuthFailure::BadCredentials => "bad_credentials",
+            AuthFailure::UnsupportedMethod => "unsupported_method",
+            AuthFailure::NotAuthorized => "not_authorized",
+            AuthFailure::BackendError => "backend_error",
+        }
+    }
+}
+
+/// `starling_auth_successes_total` and `starling_auth_failures_total{reason}`.
+#[derive(Clone)]
+pub struct AuthCounters {
+    successes: Counter,
+    failures: [Counter; AuthFailure::ALL.len()],
+}
+
+impl AuthCounters {
+    fn register() -> AuthCounters {
+        AuthCounters {
+            successes: counter!("starling_auth_successes_total"),
+            failures: AuthFailure::ALL
+                .map(|reason| counter!("starling_auth_failures_total", "reason" => reason.label())),
+        }
+    }
+
+    /// Counts a CONNECT that passed authentication (anonymous ones included, when allowed).
+    pub fn succeeded(&self) {
+        self.successes.increment(1);
+    }
+
+    /// Counts a CONNECT refused by authentication.
+    pub fn failed(&self, reason: AuthFailure) {
+        self.failures[reason as usize].increment(1);
+    }
+}
+
+/// Connection figures of one listener (`listener` label: the listener's configured name).
+#[derive(Clone)]
+struct ListenerMetrics {
+    opened: Counter,
+    current: Gauge,
+}
+
+/// Counters of one kind of actor (`actor` label).
+#[derive(Clone)]
+pub struct ActorMetrics {
+    /// `starling_actor_messages_handled_total{actor}`.
+    pub handled: Counter,
+    /// `starling_actor_mailbox_wait_seconds{actor}`: how long the periodic tick waited.
+    pub mailbox_wait: Histogram,
+}
+
+impl ActorMetrics {
+    fn register(actor: &'static str) -> ActorMetrics {
+        ActorMetrics {
+            handled: counter!("starling_actor_messages_handled_total", "actor" => actor),
+            mailbox_wait: histogram::register(&MAILBOX_WAIT, &[("actor", actor)]),
+        }
+    }
+
+    /// Counts a tick sent at `sent_at` that is being handled now.
+    pub fn tick_handled(&self, sent_at: tokio::time::Instant) {
+        self.mailbox_wait.record_duration(sent_at.elapsed());
+    }
+}
+
 /// Counters and gauges the connection tasks, the router and the registry update.
 #[derive(Clone)]
 pub struct BrokerMetrics {
@@ -141,6 +261,22 @@ pub struct BrokerMetrics {
     pub sessions_taken_over: Counter,
     /// `starling_wills_published_total`.
     pub wills_published: Counter,
+    /// `starling_message_delivery_latency_seconds`.
+    pub delivery_latency: Histogram,
+    /// `starling_auth_successes_total`, `starling_auth_failures_total{reason}`.
+    pub auth: AuthCounters,
+    /// `starling_listener_connections_*{listener}`, indexed by [`ListenerId`].
+    listeners: Arc<RwLock<Vec<Option<ListenerMetrics>>>>,
+    /// Topic shard actors (`actor="topic_shard"`).
+    pub topic_shards: ActorMetrics,
+    /// `starling_actor_mailbox_depth{actor="topic_shard"}`: messages sent to topic shards and
+    /// not yet handled.
+    pub topic_shard_mailbox_depth: Gauge,
+    /// Session registry shard actors (`actor="registry_shard"`).
+    pub registry_shards: ActorMetrics,
+    /// `starling_actor_failures_total` (incremented by the supervisor; registered here so the
+    /// series exists from the start).
+    pub actor_failures: Counter,
 }
 
 impl BrokerMetrics {
@@ -174,6 +310,64 @@ impl BrokerMetrics {
             sessions_expired: counter!("starling_sessions_expired_total"),
             sessions_taken_over: counter!("starling_sessions_taken_over_total"),
             wills_published: counter!("starling_wills_published_total"),
+            delivery_latency: histogram::register(&DELIVERY_LATENCY, &[]),
+            auth: AuthCounters::register(),
+            // The broker's listener 0 is `default` until the node names its listeners.
+            listeners: Arc::new(RwLock::new(vec![Some(ListenerMetrics::register(
+                "default",
+            ))])),
+            topic_shards: ActorMetrics::register("topic_shard"),
+            topic_shard_mailbox_depth: gauge!("starling_actor_mailbox_depth", "actor" => "topic_shard"),
+            registry_shards: ActorMetrics::register("registry_shard"),
+            actor_failures: counter!("starling_actor_failures_total"),
+        }
+    }
+
+    /// Records the latency of a delivery written to the socket buffer at `now`: from the
+    /// message's receipt to now. Retained messages sent on subscribe (RETAIN set) are left out,
+    /// since their age is not a latency.
+    #[inline]
+    pub fn observe_delivery(&self, delivery: &Delivery, now: tokio::time::Instant) {
+        if delivery.retain {
+            return;
+        }
+        if let Some(micros) = delivery.message.received_at.micros_until(now) {
+            self.delivery_latency.record(micros);
+        }
+    }
+
+    /// Names listener `id` for the per-listener figures (called when the broker registers it).
+    pub fn register_listener(&self, id: ListenerId, name: &str) {
+        let mut listeners = self.listeners.write();
+        let idx = usize::from(id.0);
+        if listeners.len() <= idx {
+            listeners.resize(idx + 1, None);
+        }
+        listeners[idx] = Some(ListenerMetrics::register(name));
+    }
+
+    /// Counts a connection accepted on `listener`.
+    pub fn listener_connection_opened(&self, listener: ListenerId) {
+        if let Some(Some(metrics)) = self.listeners.read().get(usize::from(listener.0)) {
+            metrics.opened.increment(1);
+            metrics.current.increment(1.0);
+        }
+    }
+
+    /// Counts a connection of `listener` that closed.
+    pub fn listener_connection_closed(&self, listener: ListenerId) {
+        if let Some(Some(metrics)) = self.listeners.read().get(usize::from(listener.0)) {
+            metrics.current.decrement(1.0);
+        }
+    }
+}
+
+impl ListenerMetrics {
+    fn register(name: &str) -> ListenerMetrics {
+        let name = name.to_owned();
+        ListenerMetrics {
+            opened: counter!("starling_listener_connections_opened_total", "listener" => name.clone()),
+            current: gauge!("starling_listener_connections_current", "listener" => name),
         }
     }
 }

@@ -14,7 +14,7 @@ use crate::{
         DisconnectProperties, LastWill, Packet, ProtocolVersion, QoS, ReasonCode,
     },
     message::{Message, SessionId},
-    metrics::CloseReason,
+    metrics::{AuthFailure, CloseReason},
     registry::{discard_state, publish_will, OfflineNotice, PendingWill},
     session::{Control, OutboundState, SessionHandle, SessionState},
     topic,
@@ -141,6 +141,7 @@ pub fn run_connection<T: Transport>(
         let inner = broker.inner.clone();
         inner.metrics.connections_opened.increment(1);
         inner.metrics.connections_current.increment(1.0);
+        inner.metrics.listener_connection_opened(listener);
         let connect_timeout = broker.inner.limits.connect_timeout;
         let max_packet_size = broker.inner.limits.max_packet_size as usize;
         // The connect phase and the close are boxed: their futures are large and short-lived, and
@@ -187,6 +188,7 @@ pub fn run_connection<T: Transport>(
         };
         inner.metrics.connections_closed.increment(close_reason);
         inner.metrics.connections_current.decrement(1.0);
+        inner.metrics.listener_connection_closed(listener);
         drop(permit);
     }
 }
@@ -327,6 +329,11 @@ async fn attach<T: Transport>(
     };
     // [MQTT-4.12.0-1] no authentication method is supported yet.
     if connect.properties.authentication_method.is_some() {
+        broker
+            .inner
+            .metrics
+            .auth
+            .failed(AuthFailure::UnsupportedMethod);
         refuse(
             &transport,
             version,
@@ -337,6 +344,11 @@ async fn attach<T: Transport>(
         return None;
     }
     if !limits.allow_anonymous && connect.username.is_none() {
+        broker
+            .inner
+            .metrics
+            .auth
+            .failed(AuthFailure::AnonymousDenied);
         refuse(
             &transport,
             version,
@@ -346,6 +358,7 @@ async fn attach<T: Transport>(
         .await;
         return None;
     }
+    broker.inner.metrics.auth.succeeded();
     if let Some(will) = &connect.last_will {
         if topic::validate_topic_name(&will.topic, limits.max_topic_levels).is_err() {
             refuse(
@@ -886,6 +899,8 @@ fn will_to_message(will: LastWill, publisher: SessionId, now: Instant) -> Arc<Me
         properties,
         expires_at,
         publisher,
+        // A will is not a PUBLISH the broker received: no delivery latency.
+        received_at: crate::message::ReceivedAt::UNKNOWN,
     })
 }
 
