@@ -328,7 +328,7 @@ impl BrokerMetrics {
     /// since their age is not a latency.
     #[inline]
     pub fn observe_delivery(&self, delivery: &Delivery, now: tokio::time::Instant) {
-        if delivery.retain {
+        if delivery.retain || !histogram::is_enabled() {
             return;
         }
         if let Some(micros) = delivery.message.received_at.micros_until(now) {
