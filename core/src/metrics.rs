@@ -5,15 +5,21 @@
 //!
 //! - [`histogram`]: the fixed-bucket histograms of the hot paths (delivery latency, storage,
 //!   mailbox waits), rendered by the node.
+//! - [`striped`]: per-thread striped counters of the per-message paths (messages and bytes in
+//!   and out), summed into the recorder's counters when the node renders `/metrics`.
 
 pub mod histogram;
+pub mod striped;
 
 use std::sync::Arc;
 
 use metrics::{counter, gauge, Counter, Gauge};
 use parking_lot::RwLock;
 
-use self::histogram::{Histogram, HistogramSpec, LATENCY_BOUNDS_MICROS};
+use self::{
+    histogram::{Histogram, HistogramSpec, LATENCY_BOUNDS_MICROS},
+    striped::StripedCounter,
+};
 use crate::{codec::ReasonCode, message::Delivery, transport::ListenerId};
 
 /// `starling_message_delivery_latency_seconds`.
@@ -235,26 +241,26 @@ pub struct BrokerMetrics {
     pub connections_current: Gauge,
     /// `starling_protocol_errors_total`: connections closed for malformed or illegal input.
     pub protocol_errors: Counter,
-    /// `starling_messages_received_total{qos}`.
-    pub messages_received: [Counter; 3],
-    /// `starling_messages_sent_total{qos}`.
-    pub messages_sent: [Counter; 3],
-    /// `starling_bytes_received_total`.
-    pub bytes_received: Counter,
-    /// `starling_bytes_sent_total`.
-    pub bytes_sent: Counter,
-    /// `starling_messages_dropped_total{reason="queue_full"}`.
-    pub dropped_queue_full: Counter,
-    /// `starling_messages_dropped_total{reason="offline_qos0"}`.
-    pub dropped_offline_qos0: Counter,
-    /// `starling_messages_dropped_total{reason="expired"}`.
-    pub dropped_expired: Counter,
-    /// `starling_messages_dropped_total{reason="too_large"}`.
-    pub dropped_too_large: Counter,
-    /// `starling_messages_dropped_total{reason="no_subscribers"}`.
-    pub dropped_no_subscribers: Counter,
-    /// `starling_messages_dropped_total{reason="not_authorized"}`.
-    pub dropped_not_authorized: Counter,
+    /// `starling_messages_received_total{qos}` (striped: counted once per message).
+    pub messages_received: [StripedCounter; 3],
+    /// `starling_messages_sent_total{qos}` (striped).
+    pub messages_sent: [StripedCounter; 3],
+    /// `starling_bytes_received_total` (striped: counted once per read).
+    pub bytes_received: StripedCounter,
+    /// `starling_bytes_sent_total` (striped: counted once per write).
+    pub bytes_sent: StripedCounter,
+    /// `starling_messages_dropped_total{reason="queue_full"}` (striped).
+    pub dropped_queue_full: StripedCounter,
+    /// `starling_messages_dropped_total{reason="offline_qos0"}` (striped).
+    pub dropped_offline_qos0: StripedCounter,
+    /// `starling_messages_dropped_total{reason="expired"}` (striped).
+    pub dropped_expired: StripedCounter,
+    /// `starling_messages_dropped_total{reason="too_large"}` (striped).
+    pub dropped_too_large: StripedCounter,
+    /// `starling_messages_dropped_total{reason="no_subscribers"}` (striped).
+    pub dropped_no_subscribers: StripedCounter,
+    /// `starling_messages_dropped_total{reason="not_authorized"}` (striped).
+    pub dropped_not_authorized: StripedCounter,
     /// `starling_sessions_expired_total`.
     pub sessions_expired: Counter,
     /// `starling_sessions_taken_over_total`.
@@ -282,25 +288,20 @@ pub struct BrokerMetrics {
 impl BrokerMetrics {
     /// Registers every handle with the installed recorder (or no-ops without one).
     pub fn register() -> BrokerMetrics {
-        let dropped =
-            |reason: &'static str| counter!("starling_messages_dropped_total", "reason" => reason);
+        let dropped = |reason: &'static str| {
+            striped::counter("starling_messages_dropped_total", &[("reason", reason)])
+        };
         BrokerMetrics {
             connections_opened: counter!("starling_connections_opened_total"),
             connections_closed: ClosedConnectionCounters::register(),
             connections_current: gauge!("starling_connections_current"),
             protocol_errors: counter!("starling_protocol_errors_total"),
-            messages_received: [
-                counter!("starling_messages_received_total", "qos" => "0"),
-                counter!("starling_messages_received_total", "qos" => "1"),
-                counter!("starling_messages_received_total", "qos" => "2"),
-            ],
-            messages_sent: [
-                counter!("starling_messages_sent_total", "qos" => "0"),
-                counter!("starling_messages_sent_total", "qos" => "1"),
-                counter!("starling_messages_sent_total", "qos" => "2"),
-            ],
-            bytes_received: counter!("starling_bytes_received_total"),
-            bytes_sent: counter!("starling_bytes_sent_total"),
+            messages_received: ["0", "1", "2"]
+                .map(|qos| striped::counter("starling_messages_received_total", &[("qos", qos)])),
+            messages_sent: ["0", "1", "2"]
+                .map(|qos| striped::counter("starling_messages_sent_total", &[("qos", qos)])),
+            bytes_received: striped::counter("starling_bytes_received_total", &[]),
+            bytes_sent: striped::counter("starling_bytes_sent_total", &[]),
             dropped_queue_full: dropped("queue_full"),
             dropped_offline_qos0: dropped("offline_qos0"),
             dropped_expired: dropped("expired"),

@@ -7,6 +7,7 @@
 #
 # Usage: loadtest/bench/metrics_overhead.sh
 # Knobs (environment):
+#   SCENARIOS="a h"      a: the sweep; h: the fixed-load CPU run
 #   REPEATS=4            runs per setting of each scenario
 #   STEP_SECS=2          length of one sweep step
 #   RATES=...            offered loads of the sweep (comma separated)
@@ -18,6 +19,7 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+SCENARIOS=${SCENARIOS:-"a h"}
 REPEATS=${REPEATS:-4}
 STEP_SECS=${STEP_SECS:-2}
 RATES=${RATES:-"200000,400000,600000,800000,1000000,1200000,1400000"}
@@ -100,12 +102,29 @@ log "results in $OUT"
 for ((rep = 0; rep < REPEATS; rep++)); do
   if ((rep % 2 == 0)); then order="on off"; else order="off on"; fi
   for setting in $order; do
+    [[ " $SCENARIOS " == *" a "* ]] || break
     run a "$setting" pairs --settle-ms 200 --pairs 100 --qos 0 --payload-bytes 64 --duration "$STEP_SECS" \
       --sweep-rates "$RATES" --name "(a) 1:1 QoS 0, 100 pairs, 64 B"
   done
   for setting in $order; do
+    [[ " $SCENARIOS " == *" h "* ]] || break
     run h "$setting" pairs --pairs 100 --qos 0 --payload-bytes 64 --total-rate "$FIXED_RATE" \
       --duration "$FIXED_SECS" --name "(h) broker CPU at a fixed $FIXED_RATE msg/s, 1:1, QoS 0"
   done
 done
 "$OUT/bin/swarm" summary "$OUT/results.jsonl" --subject metrics-on --baselines metrics-off | tee "$OUT/summary.md"
+# Paired: each on run against the off run next to it (same repetition), which cancels the
+# machine's slow drift in load; median and range of on ÷ off.
+if command -v jq >/dev/null; then
+  for tag in a h; do
+    jq -rs --arg tag "$tag" '
+      [.[] | select(.tag == $tag)] as $runs
+      | if ($runs | length) == 0 then empty else
+        [range(0; ($runs | length) / 2 | floor) as $i | $runs[2 * $i: 2 * $i + 2]
+         | (map(select(.label == "metrics-on"))[0]) as $on | (map(select(.label == "metrics-off"))[0]) as $off
+         | if $tag == "a" then ($on.sustained_rate / $off.sustained_rate)
+           else ($on.broker_process.messages_per_cpu_sec / $off.broker_process.messages_per_cpu_sec) end]
+        | sort | "paired (\($tag)) on ÷ off, \(if $tag == "a" then "sustained msg/s" else "messages per broker CPU s" end): median \((if length % 2 == 1 then .[length / 2 | floor] else (.[length / 2 - 1] + .[length / 2]) / 2 end) * 1000 | round / 1000), range \(.[0] * 1000 | round / 1000)–\(.[-1] * 1000 | round / 1000), \(length) pairs: \(map(. * 1000 | round / 1000))"
+        end' "$OUT/results.jsonl" | tee -a "$OUT/summary.md"
+  done
+fi

@@ -20,7 +20,10 @@ use std::{fmt::Write, sync::OnceLock};
 
 use metrics::{describe_counter, describe_gauge, gauge};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
-use starling_core::{metrics::histogram, Broker};
+use starling_core::{
+    metrics::{histogram, striped},
+    Broker,
+};
 
 pub use table::{MetricDoc, MetricKind, Presence, METRICS};
 
@@ -39,7 +42,7 @@ pub fn install_prometheus_recorder() -> Option<PrometheusHandle> {
         .get_or_init(|| match PrometheusBuilder::new().install_recorder() {
             Ok(handle) => {
                 describe_all();
-                histogram::enable();
+                striped::enable();
                 let profile = if cfg!(debug_assertions) {
                     "debug"
                 } else {
@@ -113,6 +116,7 @@ pub(crate) async fn sample_gauges(broker: &Broker, ready: bool) {
 /// Renders the exposition text (after the exporter's periodic upkeep), followed by the core's
 /// fixed-bucket histograms.
 pub(crate) fn render(handle: &PrometheusHandle) -> String {
+    striped::sync_all();
     handle.run_upkeep();
     let mut text = handle.render();
     render_histograms(&histogram::snapshot_all(), &mut text);

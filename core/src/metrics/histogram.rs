@@ -13,40 +13,20 @@
 //! share them. Recording does nothing until [`enable`] is called (the node calls it when it
 //! installs its Prometheus exporter), so `admin.metrics = false` costs one relaxed load.
 
-use std::{
-    cell::Cell,
-    sync::{
-        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
-        OnceLock,
-    },
+use std::sync::{
+    atomic::{AtomicU64, Ordering},
+    OnceLock,
 };
 
 use parking_lot::Mutex;
 
+pub use super::striped::{enable, is_enabled};
+use super::striped::{stripe_index, NUM_STRIPES};
+
 /// Most bucket bounds a histogram can have (the `+Inf` bucket comes on top).
 pub const MAX_BOUNDS: usize = 24;
 
-/// Threads are spread over this many sets of counters, so two threads recording at once
-/// rarely write the same cache line.
-const NUM_STRIPES: usize = 8;
-
-static ENABLED: AtomicBool = AtomicBool::new(false);
 static REGISTRY: Mutex<Vec<&'static HistogramCore>> = Mutex::new(Vec::new());
-static NEXT_STRIPE: AtomicUsize = AtomicUsize::new(0);
-
-thread_local! {
-    static STRIPE: Cell<Option<usize>> = const { Cell::new(None) };
-}
-
-/// Turns recording on for every histogram of the process (it cannot be turned off again).
-pub fn enable() {
-    ENABLED.store(true, Ordering::Relaxed);
-}
-
-/// Whether [`enable`] was called.
-pub fn is_enabled() -> bool {
-    ENABLED.load(Ordering::Relaxed)
-}
 
 /// The fixed description of a histogram metric.
 #[derive(Debug)]
@@ -128,22 +108,11 @@ pub fn register(spec: &'static HistogramSpec, labels: &[(&'static str, &str)]) -
     Histogram(core)
 }
 
-fn stripe_index() -> usize {
-    STRIPE.with(|stripe| match stripe.get() {
-        Some(idx) => idx,
-        None => {
-            let idx = NEXT_STRIPE.fetch_add(1, Ordering::Relaxed) % NUM_STRIPES;
-            stripe.set(Some(idx));
-            idx
-        }
-    })
-}
-
 impl Histogram {
     /// Records one value, in the spec's recorded units (microseconds, counts).
     #[inline]
     pub fn record(self, value: u64) {
-        if !ENABLED.load(Ordering::Relaxed) {
+        if !is_enabled() {
             return;
         }
         let core = self.0;
