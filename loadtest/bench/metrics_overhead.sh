@@ -7,7 +7,10 @@
 #
 # Usage: loadtest/bench/metrics_overhead.sh
 # Knobs (environment):
-#   SCENARIOS="a h"      a: the sweep; h: the fixed-load CPU run
+#   SCENARIOS="a h c"    a: the sweep; h: the fixed-load CPU run; c: the fixed load against both
+#                        nodes at the same time (CONCURRENT_RATE each), so both see the same
+#                        machine at the same moment: the least noisy CPU comparison here
+#   CONCURRENT_RATE=60000
 #   REPEATS=4            runs per setting of each scenario
 #   STEP_SECS=2          length of one sweep step
 #   RATES=...            offered loads of the sweep (comma separated)
@@ -19,7 +22,8 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
-SCENARIOS=${SCENARIOS:-"a h"}
+SCENARIOS=${SCENARIOS:-"a h c"}
+CONCURRENT_RATE=${CONCURRENT_RATE:-60000}
 REPEATS=${REPEATS:-4}
 STEP_SECS=${STEP_SECS:-2}
 RATES=${RATES:-"200000,400000,600000,800000,1000000,1200000,1400000"}
@@ -106,6 +110,15 @@ for ((rep = 0; rep < REPEATS; rep++)); do
     run a "$setting" pairs --settle-ms 200 --pairs 100 --qos 0 --payload-bytes 64 --duration "$STEP_SECS" \
       --sweep-rates "$RATES" --name "(a) 1:1 QoS 0, 100 pairs, 64 B"
   done
+  if [[ " $SCENARIOS " == *" c "* ]]; then
+    swarms=()
+    for setting in on off; do
+      run c "$setting" pairs --pairs 100 --qos 0 --payload-bytes 64 --total-rate "$CONCURRENT_RATE" \
+        --duration "$FIXED_SECS" --name "(c) both nodes at once, $CONCURRENT_RATE msg/s each, 1:1, QoS 0" &
+      swarms+=($!)
+    done
+    wait "${swarms[@]}"
+  fi
   for setting in $order; do
     [[ " $SCENARIOS " == *" h "* ]] || break
     run h "$setting" pairs --pairs 100 --qos 0 --payload-bytes 64 --total-rate "$FIXED_RATE" \
@@ -116,15 +129,17 @@ done
 # Paired: each on run against the off run next to it (same repetition), which cancels the
 # machine's slow drift in load; median and range of on ÷ off.
 if command -v jq >/dev/null; then
-  for tag in a h; do
+  for tag in a h c; do
     jq -rs --arg tag "$tag" '
       [.[] | select(.tag == $tag)] as $runs
       | if ($runs | length) == 0 then empty else
         [range(0; ($runs | length) / 2 | floor) as $i | $runs[2 * $i: 2 * $i + 2]
          | (map(select(.label == "metrics-on"))[0]) as $on | (map(select(.label == "metrics-off"))[0]) as $off
+         | select($on != null and $off != null)
+         | select($tag != "a" or (($on.sustained_rate // 0) > 0 and ($off.sustained_rate // 0) > 0))
          | if $tag == "a" then ($on.sustained_rate / $off.sustained_rate)
            else ($on.broker_process.messages_per_cpu_sec / $off.broker_process.messages_per_cpu_sec) end]
-        | sort | "paired (\($tag)) on ÷ off, \(if $tag == "a" then "sustained msg/s" else "messages per broker CPU s" end): median \((if length % 2 == 1 then .[length / 2 | floor] else (.[length / 2 - 1] + .[length / 2]) / 2 end) * 1000 | round / 1000), range \(.[0] * 1000 | round / 1000)–\(.[-1] * 1000 | round / 1000), \(length) pairs: \(map(. * 1000 | round / 1000))"
+        | sort | if length == 0 then "paired (\($tag)): no pair where both passed a step" else "paired (\($tag)) on ÷ off, \(if $tag == "a" then "sustained msg/s" else "messages per broker CPU s" end): median \((if length % 2 == 1 then .[length / 2 | floor] else (.[length / 2 - 1] + .[length / 2]) / 2 end) * 1000 | round / 1000), range \(.[0] * 1000 | round / 1000)–\(.[-1] * 1000 | round / 1000), \(length) pairs: \(map(. * 1000 | round / 1000))" end
         end' "$OUT/results.jsonl" | tee -a "$OUT/summary.md"
   done
 fi
