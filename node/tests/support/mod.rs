@@ -6,7 +6,9 @@
 
 pub mod external;
 pub mod poll;
+pub mod process;
 pub mod raw;
+pub mod wire;
 
 use std::{collections::HashMap, future::Future, net::SocketAddr, time::Duration};
 
