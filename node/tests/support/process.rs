@@ -15,7 +15,7 @@ use std::{
 
 use tempfile::TempDir;
 use tokio::{
-    io::{AsyncBufReadExt, BufReader},
+    io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
     process::{Child, ChildStderr, Command},
     sync::oneshot,
     time::Instant,
@@ -241,6 +241,33 @@ impl StarlingProcess {
             );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+    }
+
+    /// Returns `GET /api/v1/status` of the admin API (sessions online and offline, queued
+    /// messages, retained messages, ...).
+    pub async fn status(&self) -> serde_json::Value {
+        let addr = self.admin_addr().await;
+        let exchange = async {
+            let mut stream = tokio::net::TcpStream::connect(addr).await?;
+            let head =
+                format!("GET /api/v1/status HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n");
+            stream.write_all(head.as_bytes()).await?;
+            let mut answer = Vec::new();
+            stream.read_to_end(&mut answer).await?;
+            Ok::<_, std::io::Error>(answer)
+        };
+        let answer = tokio::time::timeout(Duration::from_secs(10), exchange)
+            .await
+            .expect("the admin API answers in time")
+            .expect("GET /api/v1/status");
+        let text = String::from_utf8_lossy(&answer);
+        let (head, body) = text.split_once("\r\n\r\n").expect("a complete HTTP answer");
+        assert!(
+            head.starts_with("HTTP/1.1 200"),
+            "GET /api/v1/status: {text}"
+        );
+        serde_json::from_str(body)
+            .unwrap_or_else(|error| panic!("status is JSON ({error}): {body}"))
     }
 
     /// Returns true while the process has not exited.
