@@ -20,9 +20,11 @@ use crate::{
     config::{BrokerConfig, SessionLimits},
     message::Message,
     metrics::BrokerMetrics,
+    persistence::{restore, Persistence},
     registry::{RegistryContext, SessionRegistry},
     router::Router,
     session::run_connection,
+    storage::{RecoveryCounts, StorageError},
     supervisor::BrokerSupervisor,
     transport::ListenerId,
 };
@@ -33,6 +35,9 @@ pub enum BrokerError {
     /// An actor failed to start.
     #[error("failed to start actor: {0}")]
     Spawn(#[from] ractor::SpawnErr),
+    /// The store could not be recovered or its writer not started.
+    #[error("{0}")]
+    Storage(#[from] crate::storage::StorageError),
 }
 
 pub(crate) struct BrokerInner {
@@ -40,6 +45,10 @@ pub(crate) struct BrokerInner {
     pub(crate) router: Router,
     pub(crate) registry: SessionRegistry,
     pub(crate) metrics: BrokerMetrics,
+    /// Durable storage; `None` keeps sessions in memory only.
+    pub(crate) persistence: Option<Arc<Persistence>>,
+    /// What recovery loaded at start-up.
+    recovery_counts: Option<RecoveryCounts>,
     /// Bounds simultaneous connections: a permit is taken before `accept`.
     connection_limit: Arc<Semaphore>,
     /// Cancelled by the supervisor when a shard actor fails.
@@ -65,6 +74,34 @@ impl Broker {
         let limits = Arc::new(config.limits);
         let metrics = BrokerMetrics::register();
         let fatal = CancellationToken::new();
+        let mut recovered = None;
+        let persistence = match config.storage {
+            None => None,
+            Some(storage) => {
+                let started = std::time::Instant::now();
+                let fatal = fatal.clone();
+                let (persistence, state) =
+                    tokio::task::spawn_blocking(move || Persistence::open(storage, fatal))
+                        .await
+                        .map_err(|error| StorageError::Backend {
+                            engine: "recovery",
+                            reason: error.to_string(),
+                        })??;
+                tracing::info!(
+                    engine = persistence.engine(),
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    counts = ?state.counts,
+                    "store recovered"
+                );
+                recovered = Some(state);
+                Some(Arc::new(persistence))
+            }
+        };
+        let next_session_id = recovered
+            .as_ref()
+            .and_then(|state| state.sessions.iter().map(|s| s.session.session_id).max())
+            .unwrap_or(0)
+            + 1;
         let (supervisor, _join) = Actor::spawn(
             None,
             BrokerSupervisor {
@@ -85,17 +122,34 @@ impl Broker {
             RegistryContext {
                 router: router.clone(),
                 metrics: metrics.clone(),
-                next_session_id: AtomicU64::new(1),
+                next_session_id: AtomicU64::new(next_session_id),
                 epoch: Instant::now(),
+                persistence: persistence.clone(),
             },
             supervisor.get_cell(),
         )
         .await?;
+        let mut recovery_counts = None;
+        if let (Some(persistence), Some(state)) = (&persistence, recovered) {
+            let started = std::time::Instant::now();
+            let counts = restore(persistence, &router, &registry, state).await;
+            tracing::info!(
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                sessions = counts.num_sessions,
+                queued = counts.num_queued,
+                retained = counts.num_retained,
+                "sessions restored"
+            );
+            recovery_counts = Some(counts);
+            tokio::spawn(persistence.clone().sweep_forever());
+        }
         let inner = BrokerInner {
             limits,
             router,
             registry,
             metrics,
+            persistence,
+            recovery_counts,
             connection_limit: Arc::new(Semaphore::new(config.max_connections)),
             fatal,
             connections: TaskTracker::new(),
@@ -120,6 +174,16 @@ impl Broker {
     /// Returns the session registry.
     pub fn registry(&self) -> &SessionRegistry {
         &self.inner.registry
+    }
+
+    /// Returns the storage engine in use, `None` when sessions live in memory only.
+    pub fn storage_engine(&self) -> Option<&'static str> {
+        self.inner.persistence.as_ref().map(|p| p.engine())
+    }
+
+    /// Returns what recovery loaded at start-up (with storage).
+    pub fn recovery_counts(&self) -> Option<RecoveryCounts> {
+        self.inner.recovery_counts
     }
 
     /// Returns the session limits in force.
@@ -202,6 +266,10 @@ impl Broker {
                 remaining = self.inner.connections.len(),
                 "connections still open after shutdown timeout"
             );
+        }
+        if let Some(persistence) = &self.inner.persistence {
+            persistence.close().await;
+            tracing::info!("store flushed");
         }
     }
 

@@ -11,6 +11,9 @@ pub enum QueueFullPolicy {
     DropNewest,
     /// Drop the oldest queued message to make room, count it.
     DropOldest,
+    /// Drop the message that did not fit, count it, and tell an MQTT 5 publisher of a QoS 1/2
+    /// message with reason code 0x97 (Quota exceeded) in its PUBACK/PUBREC.
+    Refuse,
 }
 
 /// Limits and protocol settings every session of the broker works with.
@@ -80,9 +83,29 @@ impl SessionLimits {
     }
 }
 
+/// Durable storage handed to the broker: an open store and the group-commit settings.
+#[derive(Clone)]
+pub struct StorageConfig {
+    /// The open store (opened by the node, which owns files).
+    pub store: std::sync::Arc<dyn crate::storage::Store>,
+    /// Group commit settings.
+    pub writer: crate::storage::StorageWriterConfig,
+}
+
+impl std::fmt::Debug for StorageConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StorageConfig")
+            .field("engine", &self.store.engine())
+            .field("writer", &self.writer)
+            .finish()
+    }
+}
+
 /// Settings of the broker as a whole.
 #[derive(Debug, Clone)]
 pub struct BrokerConfig {
+    /// Durable storage; `None` keeps every session in memory only.
+    pub storage: Option<StorageConfig>,
     /// Per-session limits.
     pub limits: SessionLimits,
     /// Number of topic shards (plus one for filters that start with a wildcard).
@@ -97,6 +120,7 @@ impl BrokerConfig {
     /// Returns a configuration for tests.
     pub fn for_test() -> BrokerConfig {
         BrokerConfig {
+            storage: None,
             limits: SessionLimits::for_test(),
             num_topic_shards: 4,
             num_session_shards: 4,

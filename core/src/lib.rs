@@ -14,6 +14,7 @@ pub mod codec;
 pub mod config;
 pub mod message;
 pub mod metrics;
+mod persistence;
 pub mod registry;
 pub mod router;
 pub mod session;
@@ -23,4 +24,4 @@ pub mod topic;
 pub mod transport;
 
 pub use broker::{Broker, BrokerError};
-pub use config::{BrokerConfig, QueueFullPolicy, SessionLimits};
+pub use config::{BrokerConfig, QueueFullPolicy, SessionLimits, StorageConfig};

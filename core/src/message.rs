@@ -77,4 +77,34 @@ pub struct Delivery {
     pub retain: bool,
     /// Identifiers of every matching subscription that had one.
     pub subscription_ids: SubscriptionIds,
+    /// Where the delivery is stored: the sequence of its offline-queue entry (0 when it has
+    /// none) and the id of the stored message it references (0 when not stored).
+    pub stored: StoredRef,
+}
+
+/// The on-disk identity of a delivery to a persistent session (see `crate::persistence`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoredRef {
+    /// Sequence of the offline-queue entry, 0 when the delivery is not in the stored queue.
+    pub queue_seq: u64,
+    /// Id of the stored message, 0 when the message is not stored.
+    pub message_id: u64,
+}
+
+impl Delivery {
+    /// Creates a delivery that is not stored.
+    pub fn new(
+        message: Arc<Message>,
+        qos: QoS,
+        retain: bool,
+        subscription_ids: SubscriptionIds,
+    ) -> Delivery {
+        Delivery {
+            message,
+            qos,
+            retain,
+            subscription_ids,
+            stored: StoredRef::default(),
+        }
+    }
 }

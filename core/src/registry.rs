@@ -92,6 +92,16 @@ pub(crate) enum RegistryMessage {
     },
     /// An operator query (admin API, metrics, `$SYS`).
     Admin(inspect::AdminRequest),
+    /// A session recovered from the store at start-up, offline.
+    Restore(Box<RestoredSession>),
+}
+
+/// A session rebuilt from the store, to be registered offline.
+pub(crate) struct RestoredSession {
+    pub(crate) client_id: ByteString,
+    pub(crate) handle: SessionHandle,
+    pub(crate) expires_at: Option<Instant>,
+    pub(crate) will: Option<PendingWill>,
 }
 
 struct Entry {
@@ -111,6 +121,8 @@ pub(crate) struct RegistryContext {
     pub(crate) next_session_id: AtomicU64,
     /// Zero point of the keep-alive deadlines stored in session handles.
     pub(crate) epoch: Instant,
+    /// Durable storage, when sessions are stored.
+    pub(crate) persistence: Option<Arc<crate::persistence::Persistence>>,
 }
 
 /// One registry shard actor.
@@ -132,6 +144,9 @@ pub(crate) fn publish_will(router: &Router, metrics: &BrokerMetrics, message: Ar
 fn end_session(context: &RegistryContext, handle: &SessionHandle) {
     if let Some(mut state) = handle.end() {
         discard_state(&context.router, &mut state);
+    }
+    if let Some(persistence) = &context.persistence {
+        persistence.session_ended(handle);
     }
 }
 
@@ -265,6 +280,9 @@ impl Actor for RegistryShard {
                     {
                         let will = entry.will.take().expect("checked above");
                         publish_will(&context.router, &context.metrics, will.message);
+                        if let Some(persistence) = &context.persistence {
+                            persistence.will_done(&entry.handle);
+                        }
                     }
                     if entry.expires_at.is_some_and(|at| at <= now) {
                         expired.push(client_id.clone());
@@ -296,6 +314,27 @@ impl Actor for RegistryShard {
                 info,
             } => inspect::connection_attached(state, &client_id, epoch, info),
             RegistryMessage::Admin(request) => inspect::handle(context, state, request),
+            RegistryMessage::Restore(restored) => {
+                let RestoredSession {
+                    client_id,
+                    handle,
+                    expires_at,
+                    will,
+                } = *restored;
+                let epoch = state.next_epoch;
+                state.next_epoch += 1;
+                state.sessions.insert(
+                    client_id,
+                    Entry {
+                        handle,
+                        epoch,
+                        online: false,
+                        expires_at,
+                        will,
+                        connection: None,
+                    },
+                );
+            }
         }
         Ok(())
     }
@@ -362,6 +401,13 @@ impl SessionRegistry {
             protocol
         )
         .map_err(|e| e.to_string())
+    }
+
+    /// Registers a session recovered from the store (offline).
+    pub(crate) fn restore(&self, restored: RestoredSession) {
+        let _ = self
+            .shard(&restored.client_id)
+            .cast(RegistryMessage::Restore(Box::new(restored)));
     }
 
     pub(crate) fn session_offline(&self, notice: OfflineNotice) {

@@ -25,7 +25,7 @@ use smallvec::SmallVec;
 use tokio::time::Instant;
 
 use crate::{
-    codec::{QoS, SubscriptionOptions},
+    codec::SubscriptionOptions,
     config::SessionLimits,
     message::{Delivery, Message, SessionId, SubscriptionIds},
     metrics::BrokerMetrics,
@@ -49,6 +49,23 @@ struct RouterInner {
 }
 
 /// Handle to the topic shards: routing, subscribing, retained messages. Cheap to clone.
+/// What routing one message did.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RouteOutcome {
+    /// Sessions with a matching subscription.
+    pub num_matched: usize,
+    /// Sessions the message was queued for (or is held for, under backpressure).
+    pub num_queued: usize,
+    /// Some session refused it with a full queue ([`crate::QueueFullPolicy::Refuse`]).
+    pub refused: bool,
+}
+
+enum Delivered {
+    Queued,
+    Dropped,
+    Refused,
+}
+
 #[derive(Clone)]
 pub struct Router {
     inner: Arc<RouterInner>,
@@ -202,7 +219,7 @@ impl Router {
     /// clears it [MQTT-3.3.1-6], [MQTT-3.3.1-7]), then routes it. Returns the number of
     /// sessions it was queued for.
     pub fn publish(&self, message: &Arc<Message>) -> usize {
-        self.publish_with_backpressure(message, None)
+        self.publish_with_backpressure(message, None).num_queued
     }
 
     /// Like [`Router::publish`], but a QoS 1/2 delivery to a connected session whose queue is
@@ -212,7 +229,7 @@ impl Router {
         &self,
         message: &Arc<Message>,
         blocked: Option<&mut Vec<(SessionHandle, Delivery)>>,
-    ) -> usize {
+    ) -> RouteOutcome {
         if message.retain {
             let retained = (!message.payload.is_empty()).then(|| message.clone());
             self.set_retained(&message.topic, retained);
@@ -220,7 +237,22 @@ impl Router {
         self.route_inner(message, blocked)
     }
 
-    /// Returns the unexpired retained messages matching a (non-shared) filter.
+    /// Updates the retained message (for a RETAIN publish) and collects the deliveries of
+    /// `message` without queueing them: the durable publish path stores them first.
+    pub(crate) fn collect_deliveries(
+        &self,
+        message: &Arc<Message>,
+        out: &mut Vec<(SessionHandle, Delivery)>,
+    ) {
+        if message.retain {
+            let retained = (!message.payload.is_empty()).then(|| message.clone());
+            self.set_retained(&message.topic, retained);
+        }
+        self.route_each(message, |session, delivery| {
+            out.push((session.clone(), delivery))
+        });
+    }
+
     pub fn retained_for(&self, filter: &str) -> Vec<Arc<Message>> {
         let now = Instant::now();
         let mut out = Vec::new();
@@ -256,14 +288,31 @@ impl Router {
     /// Delivers `message` to every matching session; returns the number of sessions it was
     /// queued for.
     pub fn route(&self, message: &Arc<Message>) -> usize {
-        self.route_inner(message, None)
+        self.route_inner(message, None).num_queued
     }
 
     fn route_inner(
         &self,
         message: &Arc<Message>,
         mut blocked: Option<&mut Vec<(SessionHandle, Delivery)>>,
-    ) -> usize {
+    ) -> RouteOutcome {
+        let mut outcome = RouteOutcome::default();
+        self.route_each(message, |session, delivery| {
+            outcome.num_matched += 1;
+            match self.deliver(session, delivery, blocked.as_deref_mut()) {
+                Delivered::Queued => outcome.num_queued += 1,
+                Delivered::Dropped => {}
+                Delivered::Refused => outcome.refused = true,
+            }
+        });
+        if outcome.num_matched == 0 {
+            self.inner.metrics.dropped_no_subscribers.increment(1);
+        }
+        outcome
+    }
+
+    /// Calls `sink` with the delivery of `message` to every matching session.
+    fn route_each(&self, message: &Arc<Message>, mut sink: impl FnMut(&SessionHandle, Delivery)) {
         let topic: &str = &message.topic;
         let mut matches: SmallVec<[(SessionHandle, SubscriptionOptions, u32); 4]> = SmallVec::new();
         let mut shared: SmallVec<[(SessionHandle, SubscriptionOptions, u32); 2]> = SmallVec::new();
@@ -277,7 +326,6 @@ impl Router {
                 shared.push((s.session.clone(), s.options, s.subscription_id));
             });
         }
-        let mut num_queued = 0;
         if matches.len() > 1 {
             matches.sort_unstable_by_key(|(session, _, _)| session.id());
         }
@@ -305,14 +353,13 @@ impl Router {
                 }
             }
             if let Some(max_qos) = max_qos {
-                num_queued += self.deliver(
-                    &matches[idx].0,
-                    message,
-                    max_qos,
+                let delivery = Delivery::new(
+                    message.clone(),
+                    message.qos.min(max_qos),
                     retain,
                     subscription_ids,
-                    blocked.as_deref_mut(),
                 );
+                sink(&matches[idx].0, delivery);
             }
             idx = end;
         }
@@ -322,36 +369,23 @@ impl Router {
                 subscription_ids.push(subscription_id);
             }
             let retain = options.retain_as_published && message.retain;
-            num_queued += self.deliver(
-                &session,
-                message,
-                options.qos,
+            let delivery = Delivery::new(
+                message.clone(),
+                message.qos.min(options.qos),
                 retain,
                 subscription_ids,
-                blocked.as_deref_mut(),
             );
+            sink(&session, delivery);
         }
-        if num_queued == 0 {
-            self.inner.metrics.dropped_no_subscribers.increment(1);
-        }
-        num_queued
     }
 
+    /// Queues one delivery (or holds it for the publisher to retry, under backpressure).
     fn deliver(
         &self,
         session: &SessionHandle,
-        message: &Arc<Message>,
-        granted_qos: QoS,
-        retain: bool,
-        subscription_ids: SubscriptionIds,
+        delivery: Delivery,
         blocked: Option<&mut Vec<(SessionHandle, Delivery)>>,
-    ) -> usize {
-        let delivery = Delivery {
-            message: message.clone(),
-            qos: message.qos.min(granted_qos),
-            retain,
-            subscription_ids,
-        };
+    ) -> Delivered {
         let backpressure = blocked.is_some();
         match session.push(
             delivery,
@@ -359,13 +393,14 @@ impl Router {
             &self.inner.metrics,
             backpressure,
         ) {
-            PushOutcome::Queued => 1,
-            PushOutcome::Dropped => 0,
+            PushOutcome::Queued | PushOutcome::QueuedEvicting(_) => Delivered::Queued,
+            PushOutcome::Dropped => Delivered::Dropped,
+            PushOutcome::Refused => Delivered::Refused,
             PushOutcome::Full(delivery) => {
                 if let Some(blocked) = blocked {
                     blocked.push((session.clone(), delivery));
                 }
-                1
+                Delivered::Queued
             }
         }
     }

@@ -9,6 +9,7 @@
 //! session expiry.
 
 mod connection;
+mod durable;
 mod packets;
 mod state;
 
@@ -52,6 +53,9 @@ impl std::fmt::Debug for SessionHandle {
 struct SessionShared {
     id: SessionId,
     client_id: ByteString,
+    /// The session is in the store: its QoS 1/2 deliveries are written before they are
+    /// acknowledged (see `crate::persistence`).
+    persistent: std::sync::atomic::AtomicBool,
     /// Milliseconds since the broker epoch after which a silent client is closed; 0 = never.
     keep_alive_deadline_ms: AtomicU64,
     mailbox: Mutex<Mailbox>,
@@ -114,6 +118,12 @@ pub enum PushOutcome {
     Dropped,
     /// The connected session's queue is full; the publisher keeps the delivery and retries.
     Full(Delivery),
+    /// Queued; the oldest queued delivery was dropped to make room and is handed back (its
+    /// stored queue entry must be removed).
+    QueuedEvicting(Delivery),
+    /// The queue is full and the policy is [`QueueFullPolicy::Refuse`]: dropped, and the
+    /// publisher is told.
+    Refused,
 }
 
 impl SessionHandle {
@@ -122,6 +132,7 @@ impl SessionHandle {
         SessionHandle(Arc::new(SessionShared {
             id,
             client_id,
+            persistent: std::sync::atomic::AtomicBool::new(false),
             keep_alive_deadline_ms: AtomicU64::new(0),
             mailbox: Mutex::new(Mailbox {
                 parked: Some(state),
@@ -162,6 +173,7 @@ impl SessionHandle {
         backpressure: bool,
     ) -> PushOutcome {
         let cost = delivery.message.cost_bytes();
+        let mut evicted = None;
         let mut mailbox = self.0.mailbox.lock();
         if mailbox.ended {
             return PushOutcome::Dropped;
@@ -179,9 +191,11 @@ impl SessionHandle {
             metrics.dropped_queue_full.increment(1);
             match limits.queue_full_policy {
                 QueueFullPolicy::DropNewest => return PushOutcome::Dropped,
+                QueueFullPolicy::Refuse => return PushOutcome::Refused,
                 QueueFullPolicy::DropOldest => {
                     if let Some(oldest) = mailbox.queue.pop_front() {
                         mailbox.queued_bytes -= oldest.message.cost_bytes();
+                        evicted = Some(oldest);
                     }
                 }
             }
@@ -197,7 +211,37 @@ impl SessionHandle {
         if let Some(waker) = waker {
             waker.wake();
         }
-        PushOutcome::Queued
+        match evicted {
+            Some(evicted) => PushOutcome::QueuedEvicting(evicted),
+            None => PushOutcome::Queued,
+        }
+    }
+
+    /// Returns true while the session is in the store.
+    pub fn is_persistent(&self) -> bool {
+        self.0.persistent.load(Ordering::Acquire)
+    }
+
+    /// Marks the session as stored or not; returns the previous value.
+    pub(crate) fn set_persistent(&self, persistent: bool) -> bool {
+        self.0.persistent.swap(persistent, Ordering::AcqRel)
+    }
+
+    /// Puts recovered deliveries in the queue as they were stored, without applying limits.
+    pub(crate) fn restore_queue(&self, deliveries: impl IntoIterator<Item = Delivery>) {
+        let mut mailbox = self.0.mailbox.lock();
+        for delivery in deliveries {
+            mailbox.queued_bytes += delivery.message.cost_bytes();
+            mailbox.queue.push_back(delivery);
+        }
+    }
+
+    /// Forgets where queued deliveries are stored (the session left the store).
+    pub(crate) fn forget_stored_queue(&self) {
+        let mut mailbox = self.0.mailbox.lock();
+        for delivery in mailbox.queue.iter_mut() {
+            delivery.stored = crate::message::StoredRef::default();
+        }
     }
 
     /// Pops up to `max_items` deliveries in order; stops before a QoS 1/2 delivery once

@@ -42,6 +42,57 @@ struct NodeConfigV1 {
     log: LogV1,
     #[serde(default)]
     admin: AdminV1,
+    #[serde(default)]
+    storage: StorageV1,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct StorageV1 {
+    engine: Option<StorageEngine>,
+    fsync: Option<FsyncV1>,
+    max_commit_delay_ms: Option<u64>,
+}
+
+#[derive(Deserialize, Clone, Copy)]
+#[serde(rename_all = "snake_case")]
+enum FsyncV1 {
+    Always,
+    Never,
+}
+
+/// Where sessions, queues and retained messages are kept.
+#[derive(Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum StorageEngine {
+    /// redb: one file, `<data_dir>/starling.redb`, real fsync (the default).
+    Redb,
+    /// sled: a directory, `<data_dir>/sled`.
+    Sled,
+    /// Nothing is stored; a restart loses every session and retained message.
+    Memory,
+}
+
+impl StorageEngine {
+    /// Returns the config name.
+    pub fn name(self) -> &'static str {
+        match self {
+            StorageEngine::Redb => "redb",
+            StorageEngine::Sled => "sled",
+            StorageEngine::Memory => "memory",
+        }
+    }
+}
+
+/// The validated `[storage]` section.
+#[derive(Debug, Clone)]
+pub struct StorageSettings {
+    /// The engine.
+    pub engine: StorageEngine,
+    /// Whether each group commit is synced to disk before acknowledgements go out.
+    pub fsync_always: bool,
+    /// Longest wait for more writes before a group commit.
+    pub max_commit_delay: Duration,
 }
 
 #[derive(Deserialize, Default)]
@@ -61,6 +112,7 @@ struct TcpListenerV1 {
 enum QueueFullPolicyV1 {
     DropNewest,
     DropOldest,
+    Refuse,
 }
 
 #[derive(Deserialize, Default)]
@@ -173,6 +225,8 @@ pub struct NodeConfig {
     pub log_format: LogFormat,
     /// The admin listener.
     pub admin: AdminConfig,
+    /// Durable storage.
+    pub storage: StorageSettings,
 }
 
 /// Loads a configuration from TOML text (`source` names the file in errors) and applies the
@@ -283,6 +337,7 @@ fn build_and_validate(
         {
             QueueFullPolicyV1::DropNewest => QueueFullPolicy::DropNewest,
             QueueFullPolicyV1::DropOldest => QueueFullPolicy::DropOldest,
+            QueueFullPolicyV1::Refuse => QueueFullPolicy::Refuse,
         },
         queue_qos0_offline: mqtt.queue_qos0_offline.unwrap_or(false),
         maximum_qos,
@@ -321,6 +376,34 @@ fn build_and_validate(
     if let Some(value) = env_vars.get("STARLING_DATA_DIR") {
         data_dir = PathBuf::from(value);
     }
+    let mut storage_engine = config.storage.engine.unwrap_or(StorageEngine::Redb);
+    if let Some(value) = env_vars.get("STARLING_STORAGE_ENGINE") {
+        storage_engine = match value.as_str() {
+            "redb" => StorageEngine::Redb,
+            "sled" => StorageEngine::Sled,
+            "memory" => StorageEngine::Memory,
+            _ => anyhow::bail!(
+                "invalid STARLING_STORAGE_ENGINE {value:?}: expected \"redb\", \"sled\" or \"memory\""
+            ),
+        };
+    }
+    let max_commit_delay_ms = config.storage.max_commit_delay_ms.unwrap_or(2);
+    if max_commit_delay_ms > 1000 {
+        return Err(invalid(
+            source,
+            toml_text,
+            "storage.max_commit_delay_ms",
+            "must be at most 1000",
+        ));
+    }
+    let storage = StorageSettings {
+        engine: storage_engine,
+        fsync_always: matches!(
+            config.storage.fsync.unwrap_or(FsyncV1::Always),
+            FsyncV1::Always
+        ),
+        max_commit_delay: Duration::from_millis(max_commit_delay_ms),
+    };
     if let Some(value) = env_vars.get("STARLING_NODE_ID") {
         node_id = value.clone();
     }
@@ -387,7 +470,9 @@ fn build_and_validate(
         node_id,
         data_dir,
         tcp_listen,
+        storage,
         broker: BrokerConfig {
+            storage: None,
             limits,
             num_topic_shards: topic_shards,
             num_session_shards: session_shards,

@@ -9,6 +9,7 @@
 //! - [`logging`]: tracing setup and the runtime log-level control.
 //! - [`ctl`]: `starling ctl`, the command-line client of the admin API.
 //! - [`readiness`]: the flag behind `/readyz`.
+//! - [`storage`]: opens the configured store (redb, sled, or none).
 
 mod admin;
 pub mod config;
@@ -16,6 +17,7 @@ pub mod ctl;
 pub mod logging;
 pub mod metrics;
 pub mod readiness;
+pub mod storage;
 mod sys_topics;
 
 use std::{net::SocketAddr, time::Duration};
@@ -78,7 +80,9 @@ pub async fn start_node_with(
     let prometheus = (config.admin.enabled && config.admin.metrics)
         .then(metrics::install_prometheus_recorder)
         .flatten();
-    let broker = Broker::start(config.broker.clone())
+    let mut broker_config = config.broker.clone();
+    broker_config.storage = storage::open_store(&config.storage, &config.data_dir)?;
+    let broker = Broker::start(broker_config)
         .await
         .context("failed to start the broker engine")?;
     let listener = TcpListener::bind(config.tcp_listen)

@@ -17,7 +17,7 @@ use metrics::{describe_counter, describe_gauge, gauge};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use starling_core::Broker;
 
-use self::MetricKind::{Counter, Gauge};
+use self::MetricKind::{Counter, Gauge, Histogram};
 
 /// Prometheus type of a metric.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,6 +26,8 @@ pub enum MetricKind {
     Counter,
     /// Goes up and down.
     Gauge,
+    /// A distribution of observations (exported as a summary: quantiles, `_sum`, `_count`).
+    Histogram,
 }
 
 /// One exported metric, as documented in `docs/metrics.md`.
@@ -73,6 +75,11 @@ pub const METRICS: &[MetricDoc] = &[
     doc("starling_subscriptions", Gauge, &["shard"], "Subscriptions per topic shard (updated every 5 s)."),
     doc("starling_shared_subscription_groups", Gauge, &[], "Shared-subscription groups ($share/{group}/{filter}) (sampled at scrape)."),
     doc("starling_retained_messages", Gauge, &["shard"], "Retained messages per topic shard (updated every 5 s)."),
+    doc("starling_storage_batches_total", Counter, &[], "Write batches committed by the storage thread."),
+    doc("starling_storage_flushes_total", Counter, &[], "Durable flushes (syncs) of the store."),
+    doc("starling_storage_failures_total", Counter, &[], "Failed applies or flushes; after the first the broker stops."),
+    doc("starling_storage_group_batches", Histogram, &[], "Batches per group commit (one flush for many writes)."),
+    doc("starling_storage_flush_duration_seconds", Histogram, &[], "Time one durable flush of the store took."),
     doc("starling_messages_received_total", Counter, &["qos"], "PUBLISH packets received from clients, by QoS."),
     doc("starling_messages_sent_total", Counter, &["qos"], "PUBLISH packets sent to clients, by QoS (retransmissions excluded)."),
     doc("starling_bytes_received_total", Counter, &[], "Bytes read from client sockets."),
@@ -125,6 +132,7 @@ fn describe_all() {
         match metric.kind {
             MetricKind::Counter => describe_counter!(metric.name, metric.help),
             MetricKind::Gauge => describe_gauge!(metric.name, metric.help),
+            MetricKind::Histogram => metrics::describe_histogram!(metric.name, metric.help),
         }
     }
 }

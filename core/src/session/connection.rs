@@ -13,10 +13,12 @@ use crate::{
         decode_packet, ConnAck, ConnAckProperties, Connect, DecodeError, Disconnect,
         DisconnectProperties, LastWill, Packet, ProtocolVersion, QoS, ReasonCode,
     },
-    message::{Message, SessionId},
+    message::{Message, SessionId, StoredRef},
     metrics::CloseReason,
-    registry::{discard_state, publish_will, OfflineNotice, PendingWill},
-    session::{Control, OutboundState, SessionHandle, SessionState},
+    persistence::Persistence,
+    registry::{discard_state, publish_will, OfflineNotice, PendingWill, RegisterOutcome},
+    session::{durable::DurableGate, Control, OutboundState, SessionHandle, SessionState},
+    storage::{records::WillRecord, WriteBatch},
     topic,
     transport::{ListenerId, Transport},
 };
@@ -68,6 +70,8 @@ pub(super) struct Connection<T> {
     /// A publish waiting for room in full subscriber queues; reading stops meanwhile.
     pub(super) blocked: Option<Box<Blocked>>,
     pub(super) will: Option<Box<LastWill>>,
+    /// Batches on their way to disk and the output waiting for them (with storage only).
+    pub(super) gate: Option<Box<DurableGate>>,
 }
 
 /// How long a publisher waits for room in a full subscriber queue before the delivery is
@@ -107,6 +111,7 @@ impl Blocked {
 /// What woke the session loop.
 enum LoopEvent {
     Notified,
+    Durable(Result<(), crate::storage::StorageError>),
     RetryBlocked,
     Readable(io::Result<()>),
     Writable(io::Result<()>),
@@ -497,6 +502,25 @@ async fn attach<T: Transport>(
             ..will
         })
     });
+    if let Some(persistence) = broker.inner.persistence.clone() {
+        let batch = stored_session_batch(
+            &persistence,
+            &outcome,
+            &mut state,
+            session_expiry_secs,
+            last_will.as_deref(),
+        );
+        if !batch.is_empty() && persistence.commit(batch).await.is_err() {
+            refuse(
+                &transport,
+                version,
+                ReasonCode::ServerUnavailable,
+                "storage unavailable",
+            )
+            .await;
+            return None;
+        }
+    }
     tracing::info!(%client_id, %peer, ?version, keep_alive, session_present = outcome.session_present, "client connected");
     registry.connection_attached(client_id.clone(), outcome.epoch, peer, version, keep_alive);
     let mut connection = Connection {
@@ -524,6 +548,7 @@ async fn attach<T: Transport>(
         aliases: None,
         blocked: None,
         will: last_will,
+        gate: None,
     };
     connection.touch_keep_alive();
     connection.resend_inflight();
@@ -542,19 +567,24 @@ impl<T: Transport> Connection<T> {
 
     async fn event_loop(&mut self) -> Close {
         loop {
-            if let Err(close) = self.flush() {
+            if let Err(close) = self.submit_pending().and_then(|()| self.flush()) {
                 return close;
             }
             self.drain_mailbox();
-            if let Err(close) = self.flush() {
+            if let Err(close) = self.submit_pending().and_then(|()| self.flush()) {
                 return close;
             }
             // Readiness is polled in place (no stored futures), which keeps the idle task small.
-            let want_read = self.wbuf.len() < MAX_PENDING_WRITE_BYTES && self.blocked.is_none();
-            let want_write = !self.wbuf.is_empty();
+            let want_read = self.wbuf.len() < MAX_PENDING_WRITE_BYTES
+                && self.blocked.is_none()
+                && !self.gate_is_full();
+            let want_write = self.releasable_len() > 0;
             let event = std::future::poll_fn(|cx| {
                 if self.handle.poll_notified(cx).is_ready() {
                     return Poll::Ready(LoopEvent::Notified);
+                }
+                if let Poll::Ready(outcome) = self.poll_gate(cx) {
+                    return Poll::Ready(LoopEvent::Durable(outcome));
                 }
                 if let Some(blocked) = self.blocked.as_mut() {
                     if std::future::Future::poll(blocked.retry.as_mut(), cx).is_ready() {
@@ -576,6 +606,13 @@ impl<T: Transport> Connection<T> {
             .await;
             let result = match event {
                 LoopEvent::Notified => self.on_notified(),
+                LoopEvent::Durable(Ok(())) => Ok(()),
+                LoopEvent::Durable(Err(error)) => {
+                    if let Some(persistence) = &self.broker.inner.persistence {
+                        persistence.failed(&error);
+                    }
+                    Err(Close::Kicked(ReasonCode::ServerUnavailable))
+                }
                 LoopEvent::RetryBlocked => self.retry_blocked(),
                 LoopEvent::Writable(Ok(())) => Ok(()),
                 LoopEvent::Readable(Ok(())) => self.on_readable(),
@@ -660,10 +697,15 @@ impl<T: Transport> Connection<T> {
             .set_keep_alive_deadline_ms(now_ms + self.keep_alive_grace_ms);
     }
 
-    /// Writes what the socket takes now; releases the buffer once empty.
+    /// Writes what the socket takes now (up to output still waiting for a durable write);
+    /// releases the buffer once empty.
     fn flush(&mut self) -> Result<(), Close> {
-        while !self.wbuf.is_empty() {
-            match self.transport.try_write(&self.wbuf) {
+        loop {
+            let releasable = self.releasable_len();
+            if releasable == 0 {
+                break;
+            }
+            match self.transport.try_write(&self.wbuf[..releasable]) {
                 Ok(0) => return Err(Close::Network),
                 Ok(num_bytes) => {
                     self.broker
@@ -672,12 +714,15 @@ impl<T: Transport> Connection<T> {
                         .bytes_sent
                         .increment(num_bytes as u64);
                     self.wbuf.advance(num_bytes);
+                    self.gate_written(num_bytes);
                 }
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => return Ok(()),
                 Err(_) => return Err(Close::Network),
             }
         }
-        self.wbuf = BytesMut::new();
+        if self.wbuf.is_empty() {
+            self.wbuf = BytesMut::new();
+        }
         Ok(())
     }
 
@@ -777,6 +822,8 @@ impl<T: Transport> Connection<T> {
             detail,
             "client connection closed"
         );
+        // Output that waits for a durable write goes out only once it is durable.
+        self.settle_gate().await;
         let now = Instant::now();
         let will = if publish_will_now {
             self.will.take()
@@ -889,6 +936,84 @@ fn will_to_message(will: LastWill, publisher: SessionId, now: Instant) -> Arc<Me
     })
 }
 
+/// The writes that make a session's stored state match its CONNECT: a replaced session is
+/// deleted, a session that outlives its connection is stored (with its will, no deadlines
+/// while connected), and a stored session resumed with expiry 0 leaves the store.
+fn stored_session_batch(
+    persistence: &Persistence,
+    outcome: &RegisterOutcome,
+    state: &mut SessionState,
+    session_expiry_secs: u32,
+    will: Option<&LastWill>,
+) -> WriteBatch {
+    let handle = &outcome.session;
+    let client_id = handle.client_id();
+    let mut batch = WriteBatch::new();
+    if let Some(discarded) = &outcome.discarded {
+        if discarded.set_persistent(false) {
+            batch.delete_session_if(client_id, discarded.id().0);
+        }
+    }
+    if session_expiry_secs > 0 {
+        batch.put_session(&persistence.session_record(handle, session_expiry_secs, None));
+        match will {
+            Some(will) => {
+                let message = will_to_message(will.clone(), state.id, Instant::now());
+                batch.put_will(
+                    client_id,
+                    &WillRecord {
+                        message: persistence.message_record(&message),
+                        delay_secs: will.properties.will_delay_interval.unwrap_or(0),
+                        publish_deadline_unix_ms: None,
+                    },
+                );
+            }
+            None => {
+                batch.delete_will(client_id);
+            }
+        }
+        handle.set_persistent(true);
+    } else if handle.set_persistent(false) {
+        batch.delete_session_if(client_id, handle.id().0);
+        for outbound in state.outbound.iter_mut() {
+            outbound.delivery.stored = StoredRef::default();
+        }
+        handle.forget_stored_queue();
+    }
+    batch
+}
+
+/// Records a parked session's expiry deadline and pending will in the store.
+fn store_parked_session(
+    persistence: &Persistence,
+    handle: &SessionHandle,
+    expiry_secs: u32,
+    expires_at: Option<Instant>,
+    pending_will: Option<&PendingWill>,
+) {
+    if !handle.is_persistent() {
+        return;
+    }
+    let mut batch = WriteBatch::new();
+    batch.put_session(&persistence.session_record(handle, expiry_secs, expires_at));
+    match pending_will {
+        Some(will) => {
+            batch.put_will(
+                handle.client_id(),
+                &WillRecord {
+                    message: persistence.message_record(&will.message),
+                    delay_secs: 0,
+                    publish_deadline_unix_ms: Some(persistence.unix_ms(will.publish_at)),
+                },
+            );
+        }
+        None => {
+            batch.delete_will(handle.client_id());
+        }
+    }
+    persistence.submit_detached(batch);
+}
+
 /// Hands the session to a taking-over connection, ends it, or parks it with its expiry and
 /// pending will registered.
 #[allow(clippy::too_many_arguments)]
@@ -929,6 +1054,9 @@ fn settle_session(
     }
     let registry = broker.inner.registry.clone();
     if state.session_expiry_secs == 0 {
+        if let Some(persistence) = &broker.inner.persistence {
+            persistence.session_ended(handle);
+        }
         if let Some((message, _delay)) = will_message {
             publish_will(router, metrics, message);
         }
@@ -955,6 +1083,15 @@ fn settle_session(
                 publish_at: now + std::time::Duration::from_secs(u64::from(delay)),
             });
         }
+    }
+    if let Some(persistence) = &broker.inner.persistence {
+        store_parked_session(
+            persistence,
+            handle,
+            expiry_secs,
+            expires_at,
+            pending_will.as_ref(),
+        );
     }
     if handle.park(state) {
         return;

@@ -17,6 +17,7 @@ use crate::{
         connection::{Blocked, Close, Connection, MAX_PENDING_WRITE_BYTES},
         Outbound, OutboundState, PushOutcome, StoredSubscription,
     },
+    storage::records::SubscriptionRecord,
     topic::{self, TopicFilter},
     transport::Transport,
 };
@@ -51,13 +52,21 @@ impl<T: Transport> Connection<T> {
             Packet::PubComp(ack) => {
                 if let Some(idx) = self.state.outbound_position(ack.packet_id) {
                     if self.state.outbound[idx].state == OutboundState::Released {
-                        self.state.outbound.remove(idx);
+                        if let Some(outbound) = self.state.outbound.remove(idx) {
+                            self.store_outbound_done(&outbound, false);
+                        }
                     }
                 }
                 Ok(())
             }
             Packet::PubRel(ack) => {
                 let known = self.state.inbound_qos2.remove(&ack.packet_id.get());
+                if known {
+                    let client_id = self.state.client_id.clone();
+                    if let Some(batch) = self.stored_batch() {
+                        batch.delete_inbound_qos2(&client_id, ack.packet_id.get());
+                    }
+                }
                 let reason_code = if known {
                     ReasonCode::Success
                 } else {
@@ -192,18 +201,19 @@ impl<T: Transport> Connection<T> {
             expires_at,
             publisher: self.state.id,
         });
+        if self.broker.inner.persistence.is_some()
+            && (publish.qos != QoS::AtMostOnce || publish.retain)
+        {
+            return self.route_durably(&publish, message);
+        }
         let mut blocked = Vec::new();
         let backpressure = (publish.qos != QoS::AtMostOnce).then_some(&mut blocked);
-        let num_queued = self
+        let outcome = self
             .broker
             .inner
             .router
             .publish_with_backpressure(&message, backpressure);
-        let reason_code = if num_queued == 0 && self.version.is_v5() {
-            ReasonCode::NoMatchingSubscribers
-        } else {
-            ReasonCode::Success
-        };
+        let reason_code = self.publish_reason_code(outcome.num_matched, outcome.refused);
         if blocked.is_empty() {
             return self.acknowledge_publish(&publish, reason_code);
         }
@@ -212,6 +222,20 @@ impl<T: Transport> Connection<T> {
         let ack = self.publish_ack(&publish, reason_code);
         self.blocked = Some(Box::new(Blocked::new(blocked, ack)));
         Ok(())
+    }
+
+    /// The reason code of a publish's acknowledgement after routing.
+    pub(super) fn publish_reason_code(&self, num_matched: usize, refused: bool) -> ReasonCode {
+        if !self.version.is_v5() {
+            ReasonCode::Success
+        } else if refused {
+            // [MQTT-3.4.2.1] 0x97 Quota exceeded: a subscriber's queue refused the message.
+            ReasonCode::QuotaExceeded
+        } else if num_matched == 0 {
+            ReasonCode::NoMatchingSubscribers
+        } else {
+            ReasonCode::Success
+        }
     }
 
     /// Retries the deliveries a full subscriber queue refused; once all are queued (or the
@@ -238,6 +262,9 @@ impl<T: Transport> Connection<T> {
             metrics
                 .dropped_queue_full
                 .increment(blocked.pending.len() as u64);
+            for (session, delivery) in std::mem::take(&mut blocked.pending) {
+                self.unstore_queued(&session, delivery.stored);
+            }
         }
         if let Some(ack) = blocked.ack.take() {
             self.write_packet(ack);
@@ -245,7 +272,7 @@ impl<T: Transport> Connection<T> {
         self.process_buffered()
     }
 
-    fn acknowledge_publish(
+    pub(super) fn acknowledge_publish(
         &mut self,
         publish: &Publish,
         reason_code: ReasonCode,
@@ -257,7 +284,11 @@ impl<T: Transport> Connection<T> {
     }
 
     /// Builds the PUBACK/PUBREC of an inbound publish and records a QoS 2 packet id.
-    fn publish_ack(&mut self, publish: &Publish, reason_code: ReasonCode) -> Option<Packet> {
+    pub(super) fn publish_ack(
+        &mut self,
+        publish: &Publish,
+        reason_code: ReasonCode,
+    ) -> Option<Packet> {
         match (publish.qos, publish.packet_id) {
             (QoS::AtLeastOnce, Some(packet_id)) => {
                 Some(Packet::PubAck(ack(packet_id, reason_code)))
@@ -276,7 +307,9 @@ impl<T: Transport> Connection<T> {
         if let Some(idx) = self.state.outbound_position(packet_id) {
             let entry = &self.state.outbound[idx];
             if entry.state == OutboundState::Published && entry.delivery.qos == QoS::AtLeastOnce {
-                self.state.outbound.remove(idx);
+                if let Some(outbound) = self.state.outbound.remove(idx) {
+                    self.store_outbound_done(&outbound, false);
+                }
             }
         }
     }
@@ -291,8 +324,14 @@ impl<T: Transport> Connection<T> {
         };
         if pubrec.reason_code.is_error() {
             // [MQTT-4.3.3-4] a failed PUBREC ends the exchange; no PUBREL.
-            self.state.outbound.remove(idx);
+            if let Some(outbound) = self.state.outbound.remove(idx) {
+                self.store_outbound_done(&outbound, false);
+            }
             return;
+        }
+        if self.state.outbound[idx].state == OutboundState::Published {
+            let outbound = self.state.outbound[idx].clone();
+            self.store_outbound_done(&outbound, true);
         }
         self.state.outbound[idx].state = OutboundState::Released;
         self.write_packet(Packet::PubRel(ack(pubrec.packet_id, ReasonCode::Success)));
@@ -351,6 +390,17 @@ impl<T: Transport> Connection<T> {
                 options: granted,
                 subscription_id,
             };
+            let client_id = self.state.client_id.clone();
+            if let Some(batch) = self.stored_batch() {
+                batch.put_subscription(
+                    &client_id,
+                    &SubscriptionRecord {
+                        topic_filter: ByteString::from(&*stored.raw_filter),
+                        options: granted,
+                        subscription_id: (subscription_id != 0).then_some(subscription_id),
+                    },
+                );
+            }
             match existing_idx {
                 Some(idx) => self.state.subscriptions[idx] = stored,
                 None => {
@@ -393,13 +443,9 @@ impl<T: Transport> Connection<T> {
             if subscription_id != 0 {
                 subscription_ids.push(subscription_id);
             }
-            let delivery = Delivery {
-                qos: message.qos.min(granted_qos),
-                message,
-                // [MQTT-3.3.1-8] retained messages sent on subscribe keep RETAIN set.
-                retain: true,
-                subscription_ids,
-            };
+            // [MQTT-3.3.1-8] retained messages sent on subscribe keep RETAIN set.
+            let qos = message.qos.min(granted_qos);
+            let delivery = Delivery::new(message, qos, true, subscription_ids);
             self.handle
                 .push(delivery, &limits, &self.broker.inner.metrics, false);
         }
@@ -415,6 +461,10 @@ impl<T: Transport> Connection<T> {
                 continue;
             };
             let existed = self.broker.inner.router.unsubscribe(self.state.id, &filter);
+            let client_id = self.state.client_id.clone();
+            if let Some(batch) = self.stored_batch() {
+                batch.delete_subscription(&client_id, &raw_filter);
+            }
             self.state
                 .subscriptions
                 .retain(|s| *s.raw_filter != *raw_filter);
@@ -456,23 +506,30 @@ impl<T: Transport> Connection<T> {
         }
     }
 
-    fn send_delivery(&mut self, delivery: Delivery, now: Instant) {
+    fn send_delivery(&mut self, mut delivery: Delivery, now: Instant) {
         let metrics = &self.broker.inner.metrics;
         let Ok(expiry) = delivery.message.remaining_expiry(now) else {
             metrics.dropped_expired.increment(1);
+            let handle = self.handle.clone();
+            self.unstore_queued(&handle, delivery.stored);
             return;
         };
         let mut publish = self.build_publish(&delivery, None, expiry, false);
         // [MQTT-3.1.2-25] a message larger than the client accepts is dropped as if sent.
         if publish.encoded_len(self.version) > self.client_max_packet_size {
             metrics.dropped_too_large.increment(1);
+            let handle = self.handle.clone();
+            self.unstore_queued(&handle, delivery.stored);
             return;
         }
         if delivery.qos != QoS::AtMostOnce {
             let Some(packet_id) = self.state.next_packet_id() else {
                 metrics.dropped_queue_full.increment(1);
+                let handle = self.handle.clone();
+                self.unstore_queued(&handle, delivery.stored);
                 return;
             };
+            self.store_inflight(&mut delivery, packet_id.get());
             publish.packet_id = Some(packet_id);
             self.state.outbound.push_back(Outbound {
                 packet_id,

@@ -44,6 +44,8 @@ pub enum BatchOp {
     DeleteSession {
         /// Client identifier.
         client_id: String,
+        /// Delete only if the stored session has this id (a newer incarnation is kept).
+        only_session_id: Option<u64>,
     },
 }
 
@@ -108,6 +110,16 @@ impl WriteBatch {
     pub fn delete_session(&mut self, client_id: &str) -> &mut WriteBatch {
         self.push(BatchOp::DeleteSession {
             client_id: client_id.to_owned(),
+            only_session_id: None,
+        })
+    }
+
+    /// Like [`WriteBatch::delete_session`], but only if the stored session is incarnation
+    /// `session_id`: a late delete of an ended session never removes its successor.
+    pub fn delete_session_if(&mut self, client_id: &str, session_id: u64) -> &mut WriteBatch {
+        self.push(BatchOp::DeleteSession {
+            client_id: client_id.to_owned(),
+            only_session_id: Some(session_id),
         })
     }
 
@@ -270,7 +282,18 @@ pub(crate) fn resolve(batch: &WriteBatch, view: &dyn ReadView) -> Result<Vec<Raw
             BatchOp::MessageRef { message_id, delta } => {
                 *ref_deltas.entry(*message_id).or_default() += delta;
             }
-            BatchOp::DeleteSession { client_id } => {
+            BatchOp::DeleteSession {
+                client_id,
+                only_session_id,
+            } => {
+                if let Some(session_id) = only_session_id {
+                    let stored = view.get_raw(Keyspace::Sessions, client_id.as_bytes())?;
+                    let Some(stored) = stored else { continue };
+                    let record: SessionRecord = decode_record(Keyspace::Sessions, stored)?;
+                    if record.session_id != *session_id {
+                        continue;
+                    }
+                }
                 expand_delete_session(client_id, view, &mut raw_ops, &mut ref_deltas)?;
             }
         }

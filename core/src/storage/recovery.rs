@@ -277,7 +277,7 @@ pub fn plan_expiry_sweep(
             .expiry_deadline_unix_ms
             .is_some_and(|deadline| deadline <= now_unix_ms)
         {
-            batch.delete_session(&session.client_id);
+            batch.delete_session_if(&session.client_id, session.session_id);
         }
     }
     let retained = store.scan(Keyspace::Retained, &[], retained_cursor, max_entries)?;

@@ -33,8 +33,6 @@ pub struct StorageWriterConfig {
     pub max_batch_delay: Duration,
     /// At most this many batches per group.
     pub max_group_batches: usize,
-    /// Capacity of the request channel; senders wait when it is full.
-    pub channel_capacity: usize,
     /// Sync policy.
     pub fsync: FsyncPolicy,
     /// With [`FsyncPolicy::Never`], the longest time applied batches stay unflushed.
@@ -47,7 +45,6 @@ impl StorageWriterConfig {
         StorageWriterConfig {
             max_batch_delay: Duration::from_millis(2),
             max_group_batches: 256,
-            channel_capacity: 1024,
             fsync: FsyncPolicy::Always,
             background_flush_interval: Duration::from_millis(100),
         }
@@ -72,9 +69,6 @@ pub struct StorageWriterCounters {
 /// Why [`StorageWriter::try_submit`] did not take a batch.
 #[derive(Debug, thiserror::Error)]
 pub enum SubmitError {
-    /// The request channel is full; the batch is handed back.
-    #[error("storage writer queue is full")]
-    Full(WriteBatch),
     /// The writer thread has stopped.
     #[error("storage writer has stopped")]
     Stopped,
@@ -104,6 +98,15 @@ impl CommitTicket {
             .blocking_recv()
             .unwrap_or(Err(StorageError::WriterStopped))
     }
+
+    /// Polls for the outcome without a stored future (the connection task's event loop).
+    pub fn poll_done(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), StorageError>> {
+        std::future::Future::poll(std::pin::Pin::new(&mut self.done), cx)
+            .map(|outcome| outcome.unwrap_or(Err(StorageError::WriterStopped)))
+    }
 }
 
 struct WriteRequest {
@@ -118,9 +121,12 @@ struct WriteRequest {
 /// [`StorageWriter::spawn`] to wait for that final flush at shutdown.
 #[derive(Clone)]
 pub struct StorageWriter {
-    /// Bounded (`channel_capacity`): when full, [`StorageWriter::commit`] waits, which stalls
-    /// the calling session and, through it, its client's socket. Never unbounded.
-    sender: mpsc::Sender<WriteRequest>,
+    /// Unbounded, because submitting must never fail or wait: requests are ordered by
+    /// submission, and a session that could not submit could not keep its writes in order.
+    /// The bound is upstream: every request gates an acknowledgement or a PUBLISH, and each
+    /// connection has at most `MAX_OUTSTANDING_COMMITS` gated requests outstanding (it stops
+    /// reading beyond that), plus acknowledgements bounded by its in-flight window.
+    sender: mpsc::UnboundedSender<WriteRequest>,
     counters: Arc<StorageWriterCounters>,
 }
 
@@ -134,7 +140,8 @@ impl StorageWriter {
         config: StorageWriterConfig,
     ) -> Result<(StorageWriter, JoinHandle<()>), StorageError> {
         let engine = store.engine();
-        let (sender, receiver) = mpsc::channel(config.channel_capacity.max(1));
+        #[allow(clippy::disallowed_methods)] // bounded upstream, see `StorageWriter::sender`
+        let (sender, receiver) = mpsc::unbounded_channel();
         let counters = Arc::new(StorageWriterCounters::default());
         // A private current-thread runtime only to receive with a deadline; the store calls run
         // outside `block_on`, on this dedicated thread.
@@ -159,54 +166,41 @@ impl StorageWriter {
         Ok((StorageWriter { sender, counters }, join_handle))
     }
 
-    /// Submits a batch, waiting for channel capacity, then for durability.
+    /// Submits a batch and waits until it is durable (or applied, with `FsyncPolicy::Never`).
     ///
     /// # Errors
-    /// Returns the group's apply or flush error, [`StorageError::WriterFailed`] after an earlier
-    /// failure, or [`StorageError::WriterStopped`].
+    /// Returns the group's apply or flush error, or [`StorageError::WriterStopped`].
     pub async fn commit(&self, batch: WriteBatch) -> Result<(), StorageError> {
-        let (done, ticket) = ticket();
-        if self
-            .sender
-            .send(WriteRequest { batch, done })
-            .await
-            .is_err()
-        {
-            return Err(StorageError::WriterStopped);
+        match self.submit(batch) {
+            Ok(ticket) => ticket.wait().await,
+            Err(_stopped) => Err(StorageError::WriterStopped),
         }
-        ticket.wait().await
     }
 
-    /// Submits a batch without waiting for capacity.
+    /// Submits a batch without waiting; batches are applied in submission order.
     ///
     /// # Errors
-    /// Returns [`SubmitError::Full`] with the batch when the channel is full.
-    pub fn try_submit(&self, batch: WriteBatch) -> Result<CommitTicket, SubmitError> {
+    /// Returns [`SubmitError::Stopped`] when the writer thread has exited.
+    pub fn submit(&self, batch: WriteBatch) -> Result<CommitTicket, SubmitError> {
         let (done, ticket) = ticket();
-        match self.sender.try_send(WriteRequest { batch, done }) {
+        match self.sender.send(WriteRequest { batch, done }) {
             Ok(()) => Ok(ticket),
-            Err(mpsc::error::TrySendError::Full(request)) => Err(SubmitError::Full(request.batch)),
-            Err(mpsc::error::TrySendError::Closed(_)) => Err(SubmitError::Stopped),
+            Err(_closed) => Err(SubmitError::Stopped),
         }
     }
 
-    /// Submits a batch and waits for durability, from a thread outside any async runtime.
+    /// Submits a batch and blocks the calling thread (outside any async runtime) until it is
+    /// durable.
     ///
     /// # Errors
     /// As [`StorageWriter::commit`].
     pub fn blocking_commit(&self, batch: WriteBatch) -> Result<(), StorageError> {
-        let (done, ticket) = ticket();
-        if self
-            .sender
-            .blocking_send(WriteRequest { batch, done })
-            .is_err()
-        {
-            return Err(StorageError::WriterStopped);
+        match self.submit(batch) {
+            Ok(ticket) => ticket.blocking_wait(),
+            Err(_stopped) => Err(StorageError::WriterStopped),
         }
-        ticket.blocking_wait()
     }
 
-    /// Returns the writer's counters.
     pub fn counters(&self) -> &StorageWriterCounters {
         &self.counters
     }
@@ -240,7 +234,7 @@ impl WriterMetrics {
 struct WriterLoop {
     store: Arc<dyn Store>,
     config: StorageWriterConfig,
-    receiver: mpsc::Receiver<WriteRequest>,
+    receiver: mpsc::UnboundedReceiver<WriteRequest>,
     runtime: tokio::runtime::Runtime,
     counters: Arc<StorageWriterCounters>,
     metrics: WriterMetrics,

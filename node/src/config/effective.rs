@@ -32,6 +32,7 @@ pub fn effective_config_json(config: &NodeConfig) -> Value {
             "queue_full_policy": match limits.queue_full_policy {
                 QueueFullPolicy::DropNewest => "drop_newest",
                 QueueFullPolicy::DropOldest => "drop_oldest",
+                QueueFullPolicy::Refuse => "refuse",
             },
             "queue_qos0_offline": limits.queue_qos0_offline,
             "maximum_qos": qos_number(limits.maximum_qos),
@@ -61,6 +62,11 @@ pub fn effective_config_json(config: &NodeConfig) -> Value {
             "token": if config.admin.token.is_some() { "<redacted>" } else { "" },
             "metrics": config.admin.metrics,
             "sys_interval_secs": config.admin.sys_interval.map_or(0, |interval| interval.as_secs()),
+        },
+        "storage": {
+            "engine": config.storage.engine.name(),
+            "fsync": if config.storage.fsync_always { "always" } else { "never" },
+            "max_commit_delay_ms": config.storage.max_commit_delay.as_millis() as u64,
         },
     })
 }

@@ -1,0 +1,352 @@
+//! Output gated on durable writes: the connection's side of `crate::persistence`.
+//!
+//! A handler that changes stored state adds operations to the connection's pending batch
+//! ([`Connection::stored_batch`]) *before* it writes the packet that depends on them. The
+//! pending batch is submitted at the end of the handler's loop iteration (the publish path
+//! submits at once, before queueing deliveries); every byte written to the write buffer after
+//! the first operation of a batch waits until that batch is durable. Bytes before it flow as
+//! usual. So an acknowledgement never overtakes the write it acknowledges, and output stays in
+//! order.
+//!
+//! Bounded: at most [`MAX_OUTSTANDING_COMMITS`] submitted batches per connection; beyond that
+//! the connection stops reading until the storage thread catches up.
+
+use std::{
+    collections::VecDeque,
+    sync::Arc,
+    task::{Context, Poll},
+};
+
+use crate::{
+    codec::{Publish, QoS, ReasonCode},
+    message::{Delivery, Message, StoredRef},
+    session::{
+        connection::{Blocked, Close, Connection},
+        Outbound, OutboundState, PushOutcome, SessionHandle,
+    },
+    storage::{
+        records::{InflightRecord, InflightState, QueueRecord},
+        CommitTicket, StorageError, WriteBatch,
+    },
+    transport::Transport,
+};
+
+/// Submitted, not yet durable batches one connection may have before it stops reading.
+pub(super) const MAX_OUTSTANDING_COMMITS: usize = 64;
+
+/// How long a closing connection waits for its outstanding batches before it drops the output
+/// that depends on them.
+const CLOSE_COMMIT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Batches of one connection on their way to disk (allocated only while there are any).
+#[derive(Default)]
+pub(super) struct DurableGate {
+    /// Submitted batches, oldest first, each with the write-buffer offset from which the
+    /// output depends on it.
+    submitted: VecDeque<(CommitTicket, usize)>,
+    /// Operations not yet submitted.
+    pending: WriteBatch,
+    /// Write-buffer offset from which the output depends on `pending`.
+    pending_start: usize,
+}
+
+impl<T: Transport> Connection<T> {
+    /// Returns the batch to add stored-state operations to, when this session is stored.
+    pub(super) fn stored_batch(&mut self) -> Option<&mut WriteBatch> {
+        if !self.handle.is_persistent() {
+            return None;
+        }
+        Some(self.pending_batch())
+    }
+
+    /// Returns the pending batch (the broker has storage).
+    pub(super) fn pending_batch(&mut self) -> &mut WriteBatch {
+        let wbuf_len = self.wbuf.len();
+        let gate = self.gate.get_or_insert_with(Box::default);
+        if gate.pending.is_empty() {
+            gate.pending_start = wbuf_len;
+        }
+        &mut gate.pending
+    }
+
+    /// Submits the pending batch, if any.
+    pub(super) fn submit_pending(&mut self) -> Result<(), Close> {
+        let Some(gate) = self.gate.as_mut() else {
+            return Ok(());
+        };
+        if gate.pending.is_empty() {
+            if gate.submitted.is_empty() {
+                self.gate = None;
+            }
+            return Ok(());
+        }
+        let batch = std::mem::take(&mut gate.pending);
+        let Some(persistence) = self.broker.inner.persistence.as_ref() else {
+            return Ok(());
+        };
+        let Some(ticket) = persistence.submit(batch) else {
+            return Err(Close::Kicked(ReasonCode::ServerUnavailable));
+        };
+        gate.submitted.push_back((ticket, gate.pending_start));
+        Ok(())
+    }
+
+    /// Returns how many bytes at the front of the write buffer may be written now.
+    pub(super) fn releasable_len(&self) -> usize {
+        let Some(gate) = &self.gate else {
+            return self.wbuf.len();
+        };
+        let gated_from = match gate.submitted.front() {
+            Some((_, start)) => *start,
+            None if !gate.pending.is_empty() => gate.pending_start,
+            None => self.wbuf.len(),
+        };
+        gated_from.min(self.wbuf.len())
+    }
+
+    /// Shifts the gate offsets after `num_bytes` left the front of the write buffer.
+    pub(super) fn gate_written(&mut self, num_bytes: usize) {
+        if let Some(gate) = self.gate.as_mut() {
+            for (_, start) in gate.submitted.iter_mut() {
+                *start = start.saturating_sub(num_bytes);
+            }
+            gate.pending_start = gate.pending_start.saturating_sub(num_bytes);
+        }
+    }
+
+    /// True when the connection must stop reading until batches become durable.
+    pub(super) fn gate_is_full(&self) -> bool {
+        self.gate
+            .as_ref()
+            .is_some_and(|gate| gate.submitted.len() >= MAX_OUTSTANDING_COMMITS)
+    }
+
+    /// Polls the oldest submitted batch; `Ready` when it completed (and was removed).
+    pub(super) fn poll_gate(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), StorageError>> {
+        let Some(gate) = self.gate.as_mut() else {
+            return Poll::Pending;
+        };
+        let Some((ticket, _)) = gate.submitted.front_mut() else {
+            return Poll::Pending;
+        };
+        let outcome = std::task::ready!(ticket.poll_done(cx));
+        gate.submitted.pop_front();
+        if gate.submitted.is_empty() && gate.pending.is_empty() {
+            self.gate = None;
+        }
+        Poll::Ready(outcome)
+    }
+
+    /// At close: waits for outstanding batches; output whose batch did not become durable is
+    /// cut from the write buffer, so nothing unstored is acknowledged.
+    pub(super) async fn settle_gate(&mut self) {
+        if self.gate.is_none() {
+            return;
+        }
+        if self.submit_pending().is_err() {
+            self.wbuf.truncate(self.releasable_len());
+            return;
+        }
+        let deadline = tokio::time::Instant::now() + CLOSE_COMMIT_TIMEOUT;
+        loop {
+            let waited =
+                tokio::time::timeout_at(deadline, std::future::poll_fn(|cx| self.poll_gate(cx)))
+                    .await;
+            match waited {
+                Ok(Ok(())) if self.gate.is_some() => continue,
+                Ok(Ok(())) => return,
+                Ok(Err(error)) => {
+                    if let Some(persistence) = &self.broker.inner.persistence {
+                        persistence.failed(&error);
+                    }
+                    break;
+                }
+                Err(_elapsed) => break,
+            }
+        }
+        self.wbuf.truncate(self.releasable_len());
+    }
+
+    /// Routes an inbound QoS 1/2 (or retained) publish with storage: stores the message once,
+    /// a queue entry per stored subscriber and the retained message, submits that batch, and
+    /// only then queues the deliveries; the acknowledgement is written behind the batch.
+    pub(super) fn route_durably(
+        &mut self,
+        publish: &Publish,
+        message: Arc<Message>,
+    ) -> Result<(), Close> {
+        let Some(persistence) = self.broker.inner.persistence.clone() else {
+            return Ok(());
+        };
+        let mut deliveries: Vec<(SessionHandle, Delivery)> = Vec::new();
+        self.broker
+            .inner
+            .router
+            .collect_deliveries(&message, &mut deliveries);
+        let publisher_stored = self.handle.is_persistent();
+        let client_id = self.state.client_id.clone();
+        let batch = self.pending_batch();
+        let mut record = None;
+        if message.retain {
+            if message.payload.is_empty() {
+                batch.delete_retained(&message.topic);
+            } else {
+                let record = record.get_or_insert_with(|| persistence.message_record(&message));
+                batch.put_retained(record);
+            }
+        }
+        let mut message_id = 0;
+        for (session, delivery) in deliveries.iter_mut() {
+            if delivery.qos == QoS::AtMostOnce || !session.is_persistent() {
+                continue;
+            }
+            if message_id == 0 {
+                message_id = persistence.allocate_message_id();
+                let record = record.get_or_insert_with(|| persistence.message_record(&message));
+                batch.put_message(message_id, record);
+            }
+            let queue_seq = persistence.allocate_queue_seq();
+            batch.push_queue(
+                session.client_id(),
+                queue_seq,
+                &QueueRecord {
+                    message_id,
+                    qos: delivery.qos,
+                    retain: delivery.retain,
+                    subscription_ids: delivery.subscription_ids.to_vec(),
+                },
+            );
+            delivery.stored = StoredRef {
+                queue_seq,
+                message_id,
+            };
+        }
+        if publish.qos == QoS::ExactlyOnce && publisher_stored {
+            if let Some(packet_id) = publish.packet_id {
+                batch.put_inbound_qos2(&client_id, packet_id.get());
+            }
+        }
+        // Submitted before any subscriber can see a delivery: see `crate::persistence`.
+        self.submit_pending()?;
+
+        let limits = self.broker.inner.limits.clone();
+        let backpressure = publish.qos != QoS::AtMostOnce;
+        let num_matched = deliveries.len();
+        let mut refused = false;
+        let mut blocked = Vec::new();
+        for (session, delivery) in deliveries {
+            let stored = delivery.stored;
+            let metrics = &self.broker.inner.metrics;
+            match session.push(delivery, &limits, metrics, backpressure) {
+                PushOutcome::Queued => {}
+                PushOutcome::QueuedEvicting(evicted) => {
+                    self.unstore_queued(&session, evicted.stored);
+                }
+                PushOutcome::Dropped => self.unstore_queued(&session, stored),
+                PushOutcome::Refused => {
+                    refused = true;
+                    self.unstore_queued(&session, stored);
+                }
+                PushOutcome::Full(delivery) => blocked.push((session, delivery)),
+            }
+        }
+        if num_matched == 0 {
+            self.broker
+                .inner
+                .metrics
+                .dropped_no_subscribers
+                .increment(1);
+        }
+        let reason_code = self.publish_reason_code(num_matched, refused);
+        if blocked.is_empty() {
+            return self.acknowledge_publish(publish, reason_code);
+        }
+        let ack = self.publish_ack(publish, reason_code);
+        self.blocked = Some(Box::new(Blocked::new(blocked, ack)));
+        Ok(())
+    }
+
+    /// Removes the stored queue entry of a delivery that was dropped instead of queued.
+    pub(super) fn unstore_queued(&mut self, session: &SessionHandle, stored: StoredRef) {
+        if stored.queue_seq == 0 {
+            return;
+        }
+        let client_id = session.client_id().clone();
+        self.pending_batch()
+            .remove_queue(&client_id, stored.queue_seq, stored.message_id);
+    }
+
+    /// Stores a QoS 1/2 delivery as in flight under `packet_id` (moving it out of the stored
+    /// queue), before its PUBLISH is written.
+    pub(super) fn store_inflight(&mut self, delivery: &mut Delivery, packet_id: u16) {
+        if !self.handle.is_persistent() {
+            return;
+        }
+        let Some(persistence) = self.broker.inner.persistence.clone() else {
+            return;
+        };
+        let client_id = self.state.client_id.clone();
+        let batch = self.pending_batch();
+        let stored = delivery.stored;
+        if stored.queue_seq != 0 {
+            batch.remove_queue(&client_id, stored.queue_seq, stored.message_id);
+        }
+        let message_id = if stored.message_id != 0 {
+            stored.message_id
+        } else {
+            let message_id = persistence.allocate_message_id();
+            batch.put_message(message_id, &persistence.message_record(&delivery.message));
+            message_id
+        };
+        batch.put_inflight(
+            &client_id,
+            &InflightRecord {
+                packet_id,
+                state: InflightState::Published { message_id },
+                qos: delivery.qos,
+                retain: delivery.retain,
+                subscription_ids: delivery.subscription_ids.to_vec(),
+            },
+            None,
+        );
+        delivery.stored = StoredRef {
+            queue_seq: 0,
+            message_id,
+        };
+    }
+
+    /// Records that an outbound message moved on (PUBREC: `released`) or completed.
+    pub(super) fn store_outbound_done(&mut self, outbound: &Outbound, released: bool) {
+        if !self.handle.is_persistent() {
+            return;
+        }
+        let client_id = self.state.client_id.clone();
+        let published = match outbound.state {
+            OutboundState::Published if outbound.delivery.stored.message_id != 0 => {
+                InflightState::Published {
+                    message_id: outbound.delivery.stored.message_id,
+                }
+            }
+            OutboundState::Published => return,
+            OutboundState::Released => InflightState::PubRelSent,
+        };
+        let record = |state| InflightRecord {
+            packet_id: outbound.packet_id.get(),
+            state,
+            qos: outbound.delivery.qos,
+            retain: outbound.delivery.retain,
+            subscription_ids: Vec::new(),
+        };
+        let current = record(published);
+        let batch = self.pending_batch();
+        if released {
+            batch.put_inflight(
+                &client_id,
+                &record(InflightState::PubRelSent),
+                Some(&current),
+            );
+        } else {
+            batch.remove_inflight(&client_id, &current);
+        }
+    }
+}
