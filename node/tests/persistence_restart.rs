@@ -12,10 +12,12 @@ mod support;
 
 use std::time::Duration;
 
-use starling_core::codec::{Packet, ProtocolVersion, QoS, ReasonCode};
+use starling_core::codec::{
+    Packet, ProtocolVersion, QoS, ReasonCode, Subscribe, SubscribeProperties,
+};
 use support::{
     process::{snapshot_files, StarlingHome, StorageEngine},
-    raw::publish_packet,
+    raw::{options, publish_packet},
     wire::persistent_connect,
     Event, RawClient, PROMPTLY,
 };
@@ -78,10 +80,10 @@ async fn publish_acked(
     );
 }
 
-/// Reconnects a persistent session; returns the client, whether the session was present,
-/// and every payload received (and acknowledged) up to and including the marker message
-/// published on `marker_topic` once connected. Queued messages are sent on resumption, before
-/// the marker, so the list is complete.
+/// Reconnects a persistent session; returns whether the session was present and every
+/// payload received (and acknowledged) up to and including a marker message published on
+/// `marker_topic` once the session is subscribed to it. Queued messages are sent on
+/// resumption, before the marker, so the list is complete.
 async fn resume_and_drain(
     addr: std::net::SocketAddr,
     version: ProtocolVersion,
@@ -92,12 +94,16 @@ async fn resume_and_drain(
     let connect = persistent_connect(version, client_id, false, session_expiry_secs);
     let (mut client, connack) = RawClient::connect_with(addr, connect).await;
     assert_eq!(connack.reason_code, ReasonCode::Success, "{client_id}");
-    // A session that is gone has no subscription; subscribe to the marker explicitly so the
-    // barrier works either way (a resumed session gets it twice at most: same filter).
-    client.subscribe(marker_topic, QoS::AtLeastOnce).await;
-    let mut publisher = RawClient::connect_v5(addr, &format!("{client_id}-marker")).await;
-    publish_acked(&mut publisher, marker_topic, "marker", None).await;
-    publisher.disconnect().await;
+    // A session that is gone has no subscription: subscribe to the marker topic explicitly,
+    // so the barrier works either way (for a resumed session it is the same filter again).
+    let subscribe_id = client.next_packet_id();
+    client
+        .send(Packet::Subscribe(Subscribe {
+            packet_id: subscribe_id,
+            properties: SubscribeProperties::default(),
+            filters: vec![(marker_topic.into(), options(QoS::AtLeastOnce))],
+        }))
+        .await;
     let mut payloads = Vec::new();
     let deadline = Instant::now() + PROMPTLY;
     loop {
@@ -113,6 +119,12 @@ async fn resume_and_drain(
                 if is_marker {
                     break;
                 }
+            }
+            Event::Packet(Packet::SubAck(suback)) if suback.packet_id == subscribe_id => {
+                let mut publisher =
+                    RawClient::connect_v5(addr, &format!("{client_id}-marker")).await;
+                publish_acked(&mut publisher, marker_topic, "marker", None).await;
+                publisher.disconnect().await;
             }
             Event::Packet(_) => {}
             other => panic!("{client_id}: no marker message, got {other:?} after {payloads:?}"),
@@ -303,7 +315,7 @@ async fn corrupt_store_is_refused(engine: StorageEngine) {
     // refuse the store before sled touches it for this to hold.
     let after = snapshot_files(&store_path);
     if after != corrupted {
-        let changed: Vec<_> = after
+        let changed: std::collections::BTreeSet<_> = after
             .keys()
             .chain(corrupted.keys())
             .filter(|file| after.get(*file) != corrupted.get(*file))

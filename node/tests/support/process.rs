@@ -3,6 +3,10 @@
 //!
 //! The node listens on `127.0.0.1:0` (MQTT and admin); its JSON log on stderr tells the bound
 //! addresses, so parallel tests never race for a port and every restart gets a fresh one.
+//!
+//! `STARLING_TEST_BINARY=/path/to/starling` runs these tests against another build (a release
+//! binary, or a copy taken when several worktrees share one target directory and overwrite
+//! each other's `target/debug/starling`); by default they run the binary cargo built.
 
 use std::{
     collections::{BTreeMap, VecDeque},
@@ -26,6 +30,14 @@ pub const START_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Lines of the node's log kept for failure messages.
 const LOG_TAIL_LINES: usize = 60;
+
+/// Returns the `starling` binary under test: `STARLING_TEST_BINARY`, or the one cargo built.
+pub fn starling_binary() -> PathBuf {
+    std::env::var_os("STARLING_TEST_BINARY").map_or_else(
+        || PathBuf::from(env!("CARGO_BIN_EXE_starling")),
+        PathBuf::from,
+    )
+}
 
 /// A storage engine of the `[storage] engine` key (env `STARLING_STORAGE_ENGINE`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,7 +115,7 @@ impl StarlingHome {
 
     /// Returns the command that starts a node on this directory.
     pub fn command(&self) -> Command {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_starling"));
+        let mut command = Command::new(starling_binary());
         command
             .arg("--config")
             .arg(self.root.path().join("starling.toml"))
@@ -146,28 +158,33 @@ impl StarlingHome {
         let log = Arc::new(Mutex::new(LogTail::default()));
         let (addr_sender, addr_receiver) = oneshot::channel();
         let reader = tokio::spawn(read_log(stderr, log.clone(), addr_sender));
-        tokio::select! {
-            addr = addr_receiver => {
-                let mqtt_addr = addr.expect("the log reader reports the address");
-                Ok(StarlingProcess {
+        // The address arrives, or the log ends (the process is exiting), or time runs out.
+        let listening = tokio::time::timeout(timeout, addr_receiver).await;
+        match listening {
+            Ok(Ok(mqtt_addr)) => {
+                return Ok(StarlingProcess {
                     child,
                     mqtt_addr,
                     started_in: spawned_at.elapsed(),
                     log,
                 })
             }
-            status = child.wait() => {
-                let status = status.expect("wait for starling");
-                // The reader ends at EOF, which follows the exit.
-                let _ = tokio::time::timeout(Duration::from_secs(5), reader).await;
-                let stderr = log.lock().expect("log lock").all_lines();
-                Err(Exited { code: status.code(), stderr })
-            }
-            () = tokio::time::sleep(timeout) => {
+            Ok(Err(_log_ended)) => {}
+            Err(_elapsed) => {
                 let tail = log.lock().expect("log lock").all_lines();
                 panic!("starling neither listened nor exited within {timeout:?}; log:\n{tail}");
             }
         }
+        let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+            .await
+            .expect("starling exits once its log has ended")
+            .expect("wait for starling");
+        let _ = tokio::time::timeout(Duration::from_secs(5), reader).await;
+        let stderr = log.lock().expect("log lock").all_lines();
+        Err(Exited {
+            code: status.code(),
+            stderr,
+        })
     }
 }
 
