@@ -338,7 +338,7 @@ fn missing(subscriber: &Subscriber, publisher: &Publisher) -> BTreeSet<u64> {
 /// Waits (bounded) until publishers have nothing in flight and every subscriber has every
 /// acknowledged message, or until deliveries stop for a while (the check reports the rest).
 async fn wait_for_deliveries(publishers: &[Arc<Publisher>], subscribers: &[Arc<Subscriber>]) {
-    let quiet_period = Duration::from_secs(3);
+    let quiet_period = Duration::from_secs(5);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     let mut last_total = usize::MAX;
     let mut last_change = tokio::time::Instant::now();

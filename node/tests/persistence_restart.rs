@@ -4,6 +4,8 @@
 //!   queue, an MQTT 3.1.1 persistent session too;
 //! - a queued message whose message expiry passed while the broker was down is not delivered,
 //!   one without expiry is;
+//! - a pending will survives: one waiting for its delay is published after the restart, one
+//!   whose session expired while the broker was down is published at start-up;
 //! - a store overwritten with garbage stops the broker at start-up with a non-zero exit, a
 //!   message naming the store and what to do, and the store left byte for byte as it was.
 #![allow(clippy::unwrap_used)]
@@ -13,7 +15,8 @@ mod support;
 use std::time::Duration;
 
 use starling_core::codec::{
-    Packet, ProtocolVersion, QoS, ReasonCode, Subscribe, SubscribeProperties,
+    LastWill, Packet, ProtocolVersion, QoS, ReasonCode, Subscribe, SubscribeProperties,
+    WillProperties,
 };
 use support::{
     process::{snapshot_files, StarlingHome, StorageEngine},
@@ -31,6 +34,16 @@ async fn redb_session_and_message_expiry_hold_across_a_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sled_session_and_message_expiry_hold_across_a_restart() {
     expiry_across_restart(StorageEngine::Sled).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redb_pending_wills_are_published_after_a_restart() {
+    pending_wills_across_restart(StorageEngine::Redb).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sled_pending_wills_are_published_after_a_restart() {
+    pending_wills_across_restart(StorageEngine::Sled).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -227,6 +240,76 @@ async fn expiry_across_restart(engine: StorageEngine) {
         engine.name(),
         violations.len(),
         violations.join("\n- ")
+    );
+}
+
+/// Connects a persistent MQTT 5 session with a QoS 1 will on `will/{client_id}`, then drops
+/// the connection without DISCONNECT, so the will is pending.
+async fn leave_with_pending_will(
+    addr: std::net::SocketAddr,
+    client_id: &str,
+    session_expiry_secs: u32,
+    will_delay_secs: u32,
+) {
+    let mut connect = persistent_connect(ProtocolVersion::V5, client_id, true, session_expiry_secs);
+    connect.last_will = Some(LastWill {
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        topic: format!("will/{client_id}").into(),
+        payload: format!("{client_id} is gone").into(),
+        properties: WillProperties {
+            will_delay_interval: Some(will_delay_secs),
+            ..WillProperties::default()
+        },
+    });
+    let (client, connack) = RawClient::connect_with(addr, connect).await;
+    assert_eq!(connack.reason_code, ReasonCode::Success, "{client_id}");
+    drop(client);
+}
+
+async fn pending_wills_across_restart(engine: StorageEngine) {
+    let home = StarlingHome::new(engine, "");
+    let mut node = home.start().await;
+    park_session(node.mqtt_addr, ProtocolVersion::V5, "heir", 3600, "will/#").await;
+    // Will delay 2 s, session kept: due 2 s after the connection was lost.
+    leave_with_pending_will(node.mqtt_addr, "delayed", 3600, 2).await;
+    // Session expiry 1 s, will delay 10 min: due when the session ends, while the broker is down.
+    leave_with_pending_will(node.mqtt_addr, "expiring", 1, 600).await;
+    let left_at = Instant::now();
+    let node_ref = &node;
+    support::eventually(PROMPTLY, "three offline sessions", || async move {
+        node_ref.status().await["sessions_offline"] == 3
+    })
+    .await;
+    node.kill().await;
+    tokio::time::sleep_until(left_at + Duration::from_millis(1500)).await;
+    let mut node = home.start().await;
+
+    let connect = persistent_connect(ProtocolVersion::V5, "heir", false, 3600);
+    let (mut heir, connack) = RawClient::connect_with(node.mqtt_addr, connect).await;
+    let mut wills = Vec::new();
+    let deadline = Instant::now() + PROMPTLY * 2;
+    while wills.len() < 2 {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        match heir.next_event(remaining).await {
+            Event::Packet(Packet::Publish(publish)) => {
+                if let Some(packet_id) = publish.packet_id {
+                    heir.puback(packet_id).await;
+                }
+                wills.push(String::from_utf8_lossy(&publish.payload).into_owned());
+            }
+            Event::Packet(_) => {}
+            Event::Closed | Event::Timeout => break,
+        }
+    }
+    node.kill().await;
+    wills.sort();
+    assert!(
+        connack.session_present && wills == ["delayed is gone", "expiring is gone"],
+        "{} engine: the heir's session present = {}, wills received within {:?}: {wills:?}",
+        engine.name(),
+        connack.session_present,
+        PROMPTLY * 2
     );
 }
 
