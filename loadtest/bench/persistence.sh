@@ -18,10 +18,12 @@
 #   PHASES="p1 p2"               p2 includes p3
 #   TP_PAIRS=50 TP_RATES=...     (p1) publisher/subscriber pairs and offered loads (msg/s)
 #   STEP_SECS=3                  (p1) length of one sweep step
+#   TP_MAX_P99_MS=50             (p1) a step passes with p99 (publish to delivery) up to this
 #   SESSIONS=19000 QUEUED=100    (p2) persistent sessions and queued messages per session
 #   PORT_BASE=19540              MQTT on PORT_BASE+1, admin on PORT_BASE+2 (must be free)
 #   OUT=target/bench/persistence-<time>   results.jsonl, summary.md, logs, data directories
 #   STARLING_BIN, SWARM_BIN      use these binaries instead of building (copies are taken)
+#   KEEP_DATA=0                  1 keeps the data directories (sled's (p2) store is over 1 GiB)
 # --quick: SESSIONS=2000, shorter steps, fewer rates.
 set -euo pipefail
 
@@ -32,7 +34,8 @@ fi
 ENGINES=${ENGINES:-"redb sled memory"}
 PHASES=${PHASES:-"p1 p2"}
 TP_PAIRS=${TP_PAIRS:-50}
-TP_RATES=${TP_RATES:-"2000,5000,10000,20000,30000,40000,60000,80000"}
+TP_RATES=${TP_RATES:-"2000,5000,10000,20000,30000,40000,60000,80000,120000"}
+TP_MAX_P99_MS=${TP_MAX_P99_MS:-50}
 STEP_SECS=${STEP_SECS:-3}
 SESSIONS=${SESSIONS:-19000}
 QUEUED=${QUEUED:-100}
@@ -141,9 +144,11 @@ run_p1() { # engine
   start_starling "$1" "$OUT/data/p1-$1" "p1-$1"
   wait_listening 30
   "$SWARM" run "$OUT/p1.toml" --broker "127.0.0.1:$PORT" --broker-pid "$PID" \
-    --duration "$STEP_SECS" --sweep-rates "$TP_RATES" --label "starling-$1" --tag p1 --quiet \
+    --duration "$STEP_SECS" --sweep-rates "$TP_RATES" --max-p99-ms "$TP_MAX_P99_MS" \
+    --label "starling-$1" --tag p1 --quiet \
     | tee -a "$OUT/results.jsonl" | "$ROOT/loadtest/bench/oneline.sh" >&2
   stop_starling
+  [[ "${KEEP_DATA:-0}" == 1 ]] || rm -rf "$OUT/data/p1-$1"
 }
 
 # --- (p2) RSS with queued persistent sessions, (p3) restart time ------------------------
@@ -208,6 +213,7 @@ run_p2() { # engine
     rss_restarted=$(rss_kib "$PID" VmRSS)
   fi
   stop_starling
+  [[ "${KEEP_DATA:-0}" == 1 ]] || rm -rf "$data"
   jq -cn --arg engine "$engine" --argjson sessions "$SESSIONS" --argjson queued "$total" \
     --argjson rss_empty_kib "$rss_empty" --argjson rss_full_kib "$rss_full" \
     --argjson hwm_full_kib "$hwm_full" --argjson store_kib "$store" --argjson fill_ms "$fill_ms" \
@@ -232,15 +238,15 @@ done
   echo
   sed 's/^/    /' "$OUT/machine.txt"
   echo
-  echo "| engine | (p1) sustained QoS 1 msg/s | (p2) RSS empty | RSS with queues | peak | store on disk | fill time | (p3) listening after kill -9 | all sessions back |"
-  echo "|---|---|---|---|---|---|---|---|---|"
+  echo "| engine | (p1) sustained QoS 1 msg/s, p99 <= $TP_MAX_P99_MS ms | (p2) RSS empty | RSS with queues | peak | store on disk | fill time | (p3) listening after kill -9 | all sessions back | RSS after restart |"
+  echo "|---|---|---|---|---|---|---|---|---|---|"
   for engine in $ENGINES; do
-    jq -rs --arg label "starling-$engine" '
+    jq -rs --arg lbl "starling-$engine" '
       def mib: if . == null then "-" else "\(. / 1024 | floor) MiB" end;
       def secs: if . == null then "-" else "\(. / 100 | round / 10) s" end;
-      (map(select(.label == $label and .kind == "sweep")) | last | .sustained_rate // null) as $rate
-      | (map(select(.label == $label and .kind == "persistence")) | last) as $p
-      | "| \($label | ltrimstr("starling-")) | \($rate // "-") | \($p.rss_empty_kib | mib) | \($p.rss_full_kib | mib) | \($p.hwm_full_kib | mib) | \($p.store_kib | mib) | \($p.fill_ms | secs) | \($p.restart_listen_ms | secs) | \($p.restart_ready_ms | secs) |"
+      (map(select(.label == $lbl and .kind == "sweep")) | last | .sustained_rate // null) as $rate
+      | (map(select(.label == $lbl and .kind == "persistence")) | last) as $p
+      | "| \($lbl | ltrimstr("starling-")) | \($rate // "-") | \($p.rss_empty_kib | mib) | \($p.rss_full_kib | mib) | \($p.hwm_full_kib | mib) | \($p.store_kib | mib) | \($p.fill_ms | secs) | \($p.restart_listen_ms | secs) | \($p.restart_ready_ms | secs) | \($p.rss_restarted_kib | mib) |"
     ' "$OUT/results.jsonl"
   done
 } > "$OUT/summary.md"
