@@ -1,6 +1,7 @@
 //! The broker of one node: wiring of router and registry, the accept loop, shutdown.
 
 use std::{
+    future::Future,
     net::SocketAddr,
     sync::{atomic::AtomicU64, Arc},
     time::Duration,
@@ -8,7 +9,7 @@ use std::{
 
 use tokio::{
     net::{TcpListener, TcpStream},
-    sync::Semaphore,
+    sync::{OwnedSemaphorePermit, Semaphore},
     time::Instant,
 };
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
@@ -26,7 +27,7 @@ use crate::{
     session::run_connection,
     storage::{RecoveryCounts, StorageError},
     supervisor::BrokerSupervisor,
-    transport::ListenerId,
+    transport::{CertIdentityPolicy, ListenerId},
 };
 
 /// Errors starting the broker.
@@ -49,6 +50,8 @@ pub(crate) struct BrokerInner {
     pub(crate) persistence: Option<Arc<Persistence>>,
     /// What recovery loaded at start-up.
     recovery_counts: Option<RecoveryCounts>,
+    /// The authentication/authorization hook, if configured.
+    pub(crate) auth: Option<Arc<dyn crate::auth::AuthProvider>>,
     /// Bounds simultaneous connections: a permit is taken before `accept`.
     connection_limit: Arc<Semaphore>,
     /// Cancelled by the supervisor when a shard actor fails.
@@ -57,6 +60,9 @@ pub(crate) struct BrokerInner {
     connections: TaskTracker,
     /// Names of the listeners, indexed by [`ListenerId`]; index 0 is `default`.
     listeners: parking_lot::RwLock<Vec<Arc<str>>>,
+    /// Client-certificate identity policy of the listeners, indexed by [`ListenerId`]; missing
+    /// entries use none.
+    cert_identity: parking_lot::RwLock<Vec<CertIdentityPolicy>>,
 }
 
 /// One broker node's MQTT engine. Cheap to clone.
@@ -150,10 +156,12 @@ impl Broker {
             metrics,
             persistence,
             recovery_counts,
+            auth: config.auth.map(|hook| hook.0),
             connection_limit: Arc::new(Semaphore::new(config.max_connections)),
             fatal,
             connections: TaskTracker::new(),
             listeners: parking_lot::RwLock::new(vec![Arc::from("default")]),
+            cert_identity: parking_lot::RwLock::default(),
         };
         Ok(Broker {
             inner: Arc::new(inner),
@@ -214,6 +222,42 @@ impl Broker {
             .get(usize::from(listener.0))
             .cloned()
             .unwrap_or_else(|| Arc::from("unknown"))
+    }
+
+    /// Sets how connections on `listener` use the identity of a verified client certificate.
+    pub fn set_listener_cert_identity(&self, listener: ListenerId, policy: CertIdentityPolicy) {
+        let mut policies = self.inner.cert_identity.write();
+        let idx = usize::from(listener.0);
+        if policies.len() <= idx {
+            policies.resize(idx + 1, CertIdentityPolicy::default());
+        }
+        policies[idx] = policy;
+    }
+
+    /// Returns how connections on `listener` use the identity of a verified client certificate.
+    pub fn listener_cert_identity(&self, listener: ListenerId) -> CertIdentityPolicy {
+        let policies = self.inner.cert_identity.read();
+        policies
+            .get(usize::from(listener.0))
+            .copied()
+            .unwrap_or_default()
+    }
+
+    /// Waits for a slot under `engine.max_connections`; a listener takes one before `accept`
+    /// and hands it to the connection task it spawns with [`Broker::spawn_connection_task`].
+    pub async fn acquire_connection_slot(&self) -> OwnedSemaphorePermit {
+        self.inner
+            .connection_limit
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("connection limit is never closed")
+    }
+
+    /// Runs `task` among the connection tasks that shutdown waits for: [`run_connection`] for
+    /// an accepted connection, or a TLS handshake or WebSocket upgrade that spawns it.
+    pub fn spawn_connection_task(&self, task: impl Future<Output = ()> + Send + 'static) {
+        self.inner.connections.spawn(task);
     }
 
     /// Accepts MQTT connections on `listener` until `shutdown` is cancelled.

@@ -114,6 +114,9 @@ pub struct BrokerConfig {
     pub num_session_shards: usize,
     /// Maximum simultaneous connections; further connections wait in the accept backlog.
     pub max_connections: usize,
+    /// Authentication and authorization; `None` accepts every client (see
+    /// `SessionLimits::allow_anonymous`) and checks nothing.
+    pub auth: Option<crate::auth::AuthHook>,
 }
 
 impl BrokerConfig {
@@ -125,6 +128,7 @@ impl BrokerConfig {
             num_topic_shards: 4,
             num_session_shards: 4,
             max_connections: 10_000,
+            auth: None,
         }
     }
 }

@@ -6,9 +6,11 @@
 //! - [`router`]: topic shard actors, the sharded subscription table, retained messages.
 //! - [`session`]: session handles (bounded mailboxes) and the connection task that runs a session.
 //! - [`registry`]: session-registry shard actors supervising sessions and their timers.
+//! - [`auth`]: the authentication/authorization hook ([`auth::AuthProvider`]) and per-client limits.
 //! - [`broker`]: wiring, accept loop and shutdown of one node's engine.
 //! - `supervisor`: the ractor supervisor of the shard actors (fail fast on a broken invariant).
 
+pub mod auth;
 pub mod broker;
 pub mod codec;
 pub mod config;

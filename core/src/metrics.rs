@@ -141,6 +141,8 @@ pub struct BrokerMetrics {
     pub sessions_taken_over: Counter,
     /// `starling_wills_published_total`.
     pub wills_published: Counter,
+    /// `starling_acl_denied_total{action}`, `starling_limits_exceeded_total{limit}`.
+    pub security: crate::auth::SecurityMetrics,
 }
 
 impl BrokerMetrics {
@@ -174,6 +176,7 @@ impl BrokerMetrics {
             sessions_expired: counter!("starling_sessions_expired_total"),
             sessions_taken_over: counter!("starling_sessions_taken_over_total"),
             wills_published: counter!("starling_wills_published_total"),
+            security: crate::auth::SecurityMetrics::register(),
         }
     }
 }

@@ -8,6 +8,7 @@
 //! see [`crate::registry`]) which supervises the session's timers: keep alive, will delay and
 //! session expiry.
 
+mod auth_flow;
 mod connection;
 mod durable;
 mod packets;

@@ -50,7 +50,7 @@ pub(crate) struct AdminShared {
     pub(crate) log_control: Option<LogControl>,
     pub(crate) started_at: Instant,
     pub(crate) started_at_wall: SystemTime,
-    pub(crate) mqtt_addr: SocketAddr,
+    pub(crate) listeners: Vec<ListenerInfo>,
     pub(crate) admin_addr: SocketAddr,
     api_permits: Semaphore,
 }
@@ -70,7 +70,15 @@ pub(crate) struct AdminArgs {
     pub(crate) readiness: Readiness,
     pub(crate) prometheus: Option<PrometheusHandle>,
     pub(crate) log_control: Option<LogControl>,
-    pub(crate) mqtt_addr: SocketAddr,
+    pub(crate) listeners: Vec<ListenerInfo>,
+}
+
+/// One MQTT listener as `GET /api/v1/listeners` shows it.
+pub(crate) struct ListenerInfo {
+    pub(crate) name: String,
+    /// `tcp`, `tls`, `ws` or `wss`.
+    pub(crate) protocol: &'static str,
+    pub(crate) addr: SocketAddr,
 }
 
 /// Serves the admin listener until `shutdown` is cancelled.
@@ -90,7 +98,7 @@ pub(crate) async fn serve(listener: TcpListener, args: AdminArgs, shutdown: Canc
         log_control: args.log_control,
         started_at: Instant::now(),
         started_at_wall: SystemTime::now(),
-        mqtt_addr: args.mqtt_addr,
+        listeners: args.listeners,
         admin_addr,
         api_permits: Semaphore::new(MAX_CONCURRENT_API_REQUESTS),
     }));

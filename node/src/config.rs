@@ -1,15 +1,27 @@
 //! Node configuration: one TOML file (`deny_unknown_fields`, versioned), embedded defaults,
 //! `STARLING_*` environment overrides, validated into typed values in one step.
 
-use std::{collections::HashMap, net::SocketAddr, num::NonZeroU16, path::PathBuf, time::Duration};
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::SocketAddr,
+    num::NonZeroU16,
+    path::PathBuf,
+    time::Duration,
+};
 
 use anyhow::Context;
 use serde::Deserialize;
 use starling_core::{codec::QoS, BrokerConfig, QueueFullPolicy, SessionLimits};
 
+mod auth;
 mod effective;
+mod listeners;
 
+pub use auth::{AuthConfig, HttpHookConfig, JwtConfig};
 pub use effective::effective_config_json;
+pub use listeners::{
+    ClientAuth, ListenerConfig, ListenerProtocol, TlsListenerConfig, TlsVersion, TCP_LISTENER_NAME,
+};
 
 /// The embedded default configuration, printed by `starling config default`.
 pub const DEFAULT_CONFIG_TOML: &str = include_str!("config/default.toml");
@@ -31,7 +43,7 @@ struct NodeConfigV1 {
     node_id: Option<String>,
     data_dir: Option<PathBuf>,
     #[serde(default)]
-    listeners: ListenersV1,
+    listeners: BTreeMap<String, listeners::ListenerV1>,
     #[serde(default)]
     mqtt: MqttV1,
     #[serde(default)]
@@ -44,6 +56,12 @@ struct NodeConfigV1 {
     admin: AdminV1,
     #[serde(default)]
     storage: StorageV1,
+    #[serde(default)]
+    auth: auth::AuthV1,
+    #[serde(default)]
+    acl: auth::AclV1,
+    #[serde(default)]
+    limits: auth::LimitsV1,
 }
 
 #[derive(Deserialize, Default)]
@@ -93,18 +111,6 @@ pub struct StorageSettings {
     pub fsync_always: bool,
     /// Longest wait for more writes before a group commit.
     pub max_commit_delay: Duration,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct ListenersV1 {
-    tcp: Option<TcpListenerV1>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct TcpListenerV1 {
-    bind: SocketAddr,
 }
 
 #[derive(Deserialize, Clone, Copy)]
@@ -213,8 +219,8 @@ pub struct NodeConfig {
     pub node_id: String,
     /// Directory of persistent state.
     pub data_dir: PathBuf,
-    /// Address of the MQTT TCP listener.
-    pub tcp_listen: SocketAddr,
+    /// The MQTT listeners (at least one).
+    pub listeners: Vec<ListenerConfig>,
     /// The MQTT engine's configuration.
     pub broker: BrokerConfig,
     /// Time connections get to close at shutdown.
@@ -227,6 +233,18 @@ pub struct NodeConfig {
     pub admin: AdminConfig,
     /// Durable storage.
     pub storage: StorageSettings,
+    /// Authentication, authorization, bans and per-client limits.
+    pub auth: AuthConfig,
+}
+
+impl NodeConfig {
+    /// Returns the bind address of the listener named `tcp`, if there is one.
+    pub fn tcp_listen(&self) -> Option<SocketAddr> {
+        self.listeners
+            .iter()
+            .find(|listener| listener.name == TCP_LISTENER_NAME)
+            .map(|listener| listener.bind)
+    }
 }
 
 /// Loads a configuration from TOML text (`source` names the file in errors) and applies the
@@ -358,21 +376,21 @@ fn build_and_validate(
             ));
         }
     }
+    let auth = auth::build_auth_config(
+        config.auth,
+        config.acl,
+        config.limits,
+        limits.allow_anonymous,
+        max_topic_levels,
+        &|key, message| invalid(source, toml_text, key, message),
+    )?;
     let mut max_connections = config.engine.max_connections.unwrap_or(1_000_000);
-    let mut tcp_listen = config
-        .listeners
-        .tcp
-        .map_or_else(|| SocketAddr::from(([0, 0, 0, 0], 1883)), |tcp| tcp.bind);
+    let listeners = listeners::build_listeners(config.listeners, toml_text, source, env_vars)?;
     let mut data_dir = config.data_dir.unwrap_or_else(|| PathBuf::from("./data"));
     let mut node_id = config.node_id.unwrap_or_default();
     let mut log_level = config.log.level.unwrap_or_else(|| "info".to_string());
     let mut log_format = config.log.format.unwrap_or(LogFormat::Text);
 
-    if let Some(value) = env_vars.get("STARLING_LISTEN") {
-        tcp_listen = value.parse().with_context(|| {
-            format!("invalid STARLING_LISTEN {value:?}: expected an address like 127.0.0.1:1883")
-        })?;
-    }
     if let Some(value) = env_vars.get("STARLING_DATA_DIR") {
         data_dir = PathBuf::from(value);
     }
@@ -469,7 +487,7 @@ fn build_and_validate(
     Ok(NodeConfig {
         node_id,
         data_dir,
-        tcp_listen,
+        listeners,
         storage,
         broker: BrokerConfig {
             storage: None,
@@ -477,6 +495,7 @@ fn build_and_validate(
             num_topic_shards: topic_shards,
             num_session_shards: session_shards,
             max_connections: max_connections.max(1),
+            auth: None,
         },
         drain_timeout: Duration::from_millis(config.shutdown.drain_timeout_ms.unwrap_or(10_000)),
         log_level,
@@ -488,6 +507,7 @@ fn build_and_validate(
             metrics: config.admin.metrics.unwrap_or(true),
             sys_interval: (sys_interval_secs > 0).then(|| Duration::from_secs(sys_interval_secs)),
         },
+        auth,
     })
 }
 
@@ -499,7 +519,7 @@ mod tests {
     fn embedded_default_config_loads() {
         let config =
             load_node_config(DEFAULT_CONFIG_TOML, "default.toml", &HashMap::new()).unwrap();
-        assert_eq!(config.tcp_listen, "0.0.0.0:1883".parse().unwrap());
+        assert_eq!(config.tcp_listen(), Some("0.0.0.0:1883".parse().unwrap()));
         assert_eq!(config.broker.limits.receive_maximum, 1024);
         assert_eq!(config.data_dir, PathBuf::from("./data"));
     }
@@ -511,7 +531,7 @@ mod tests {
             ("STARLING_DATA_DIR".to_string(), "/tmp/x".to_string()),
         ]);
         let config = load_node_config("", "none", &env).unwrap();
-        assert_eq!(config.tcp_listen, "127.0.0.1:1884".parse().unwrap());
+        assert_eq!(config.tcp_listen(), Some("127.0.0.1:1884".parse().unwrap()));
         assert_eq!(config.data_dir, PathBuf::from("/tmp/x"));
     }
 

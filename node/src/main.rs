@@ -1,5 +1,6 @@
 //! The `starling` binary: `starling [serve] [--config FILE]`, `starling config default`,
-//! `starling ctl ...` (the admin API client).
+//! `starling ctl ...` (the admin API client), `starling passwd ...` (password file),
+//! `starling ban ...` (ban list).
 
 use std::{collections::HashMap, io::Write, path::PathBuf};
 
@@ -35,6 +36,10 @@ enum Command {
     },
     /// Operates a running node through its admin API (tables, or JSON with --json).
     Ctl(CtlArgs),
+    /// Edits a password file (argon2 hashes, optional SCRAM-SHA-256 keys).
+    Passwd(starling_node::auth::cli::PasswdArgs),
+    /// Edits the ban list file (`--file`, or `auth.ban_file` of `--config`).
+    Ban(starling_node::auth::cli::BanArgs),
 }
 
 #[derive(Subcommand)]
@@ -72,14 +77,38 @@ fn main() -> anyhow::Result<()> {
             command: ConfigCommand::Check,
         }) => {
             let config = load(&cli)?;
+            let listeners: Vec<String> = config
+                .listeners
+                .iter()
+                .map(|listener| {
+                    format!(
+                        "{} ({} on {})",
+                        listener.name,
+                        listener.protocol.label(),
+                        listener.bind
+                    )
+                })
+                .collect();
             writeln!(
                 std::io::stdout(),
-                "configuration is valid: mqtt listener {}",
-                config.tcp_listen
+                "configuration is valid: mqtt listeners {}",
+                listeners.join(", ")
             )?;
             Ok(())
         }
         Some(Command::Ctl(args)) => starling_node::ctl::run(args, &mut std::io::stdout().lock()),
+        Some(Command::Passwd(args)) => {
+            starling_node::auth::cli::run_passwd(args, &mut std::io::stdout().lock())
+        }
+        Some(Command::Ban(args)) => {
+            let file = match &args.file {
+                Some(file) => file.clone(),
+                None => load(&cli)?.auth.ban_file.context(
+                    "no ban file: pass --file or set auth.ban_file in the --config file",
+                )?,
+            };
+            starling_node::auth::cli::run_ban(&args.command, &file, &mut std::io::stdout().lock())
+        }
         Some(Command::Serve) | None => {
             let config = load(&cli)?;
             let log_control = logging::init(&config).context("cannot set up logging")?;
@@ -92,7 +121,7 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn serve(config: NodeConfig, log_control: starling_node::LogControl) -> anyhow::Result<()> {
-    tracing::info!(node_id = %config.node_id, data_dir = %config.data_dir.display(), listen = %config.tcp_listen, "starting starling");
+    tracing::info!(node_id = %config.node_id, data_dir = %config.data_dir.display(), listeners = config.listeners.len(), "starting starling");
     tracing::info!(config = %starling_node::config::effective_config_json(&config), "effective configuration");
     let options = NodeOptions {
         log_control: Some(log_control),
@@ -100,11 +129,19 @@ async fn serve(config: NodeConfig, log_control: starling_node::LogControl) -> an
     let node = start_node_with(config, options).await?;
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("cannot install SIGTERM handler")?;
+    let mut sighup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("cannot install SIGHUP handler")?;
     let broker = node.broker.clone();
-    let fatal = tokio::select! {
-        _ = tokio::signal::ctrl_c() => { tracing::info!("SIGINT received"); false }
-        _ = sigterm.recv() => { tracing::info!("SIGTERM received"); false }
-        () = broker.fatal_error() => { tracing::error!("an engine actor failed"); true }
+    let fatal = loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => { tracing::info!("SIGINT received"); break false }
+            _ = sigterm.recv() => { tracing::info!("SIGTERM received"); break false }
+            _ = sighup.recv() => {
+                let num_failed = node.reload_tls().await;
+                tracing::info!(num_failed, "SIGHUP received: tls files reloaded");
+            }
+            () = broker.fatal_error() => { tracing::error!("an engine actor failed"); break true }
+        }
     };
     node.shutdown().await;
     if fatal {

@@ -44,7 +44,7 @@ pub fn open_store(
         store,
         writer: StorageWriterConfig {
             max_batch_delay: settings.max_commit_delay,
-            max_group_batches: 1024,
+            max_group_batches: 16_384,
             fsync,
             background_flush_interval: std::time::Duration::from_millis(500),
         },

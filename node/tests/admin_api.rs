@@ -401,7 +401,7 @@ async fn listeners_config_and_log_level_are_served() {
     assert_eq!(
         listeners["listeners"],
         json!([
-            { "name": "tcp", "protocol": "mqtt", "address": node.mqtt_addr.to_string() },
+            { "name": "tcp", "protocol": "tcp", "address": node.mqtt_addr.to_string() },
             { "name": "admin", "protocol": "http", "address": node.admin_addr.to_string() },
         ])
     );

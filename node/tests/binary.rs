@@ -106,7 +106,7 @@ async fn config_default_prints_toml_that_loads() {
     assert_eq!(text, DEFAULT_CONFIG_TOML);
     let config = load_node_config(&text, "starling config default", &HashMap::new())
         .expect("the printed default config loads");
-    assert_eq!(config.tcp_listen, "0.0.0.0:1883".parse().unwrap());
+    assert_eq!(config.tcp_listen(), Some("0.0.0.0:1883".parse().unwrap()));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

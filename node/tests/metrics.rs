@@ -9,6 +9,9 @@
 
 #[path = "admin_support/node.rs"]
 mod admin_support;
+#[path = "support/pki.rs"]
+#[allow(dead_code, unreachable_pub)]
+mod pki;
 
 use std::{collections::BTreeSet, time::Duration};
 
@@ -74,7 +77,13 @@ async fn qos1_publishes_are_counted_exactly() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_documented_metric_is_exported_and_nothing_else() {
-    let node = AdminNode::start().await;
+    // A TLS listener besides the plain one, so that the TLS series exist too.
+    let pki = pki::TestPki::new();
+    let listeners = format!(
+        "[listeners.tcp]\nbind = \"127.0.0.1:0\"\n{}",
+        pki::tls_listener_toml(&pki, "secure", "tls", "")
+    );
+    let node = AdminNode::start_with(&listeners, None, true).await;
     let _client = connect_v5(node.options_v5("inventory")).await;
     // The per-shard gauges appear with the shards' first housekeeping (every 5 s).
     let mut exposition = node.scrape().await;

@@ -137,7 +137,10 @@ fn restore_session(
         .queue
         .into_iter()
         .filter_map(|(queue_seq, entry)| {
-            let message = shared.get(&entry.message_id)?.clone();
+            let message = match entry.message {
+                Some(inline) => persistence.message_from_record(inline),
+                None => shared.get(&entry.message_id)?.clone(),
+            };
             Some(Delivery {
                 message,
                 qos: entry.qos,

@@ -72,6 +72,8 @@ pub(super) struct Connection<T> {
     pub(super) will: Option<Box<LastWill>>,
     /// Batches on their way to disk and the output waiting for them (with storage only).
     pub(super) gate: Option<Box<DurableGate>>,
+    /// Authentication state; `None` (no allocation) when the broker has no auth provider.
+    pub(super) auth: Option<Box<crate::auth::ConnectionAuth>>,
 }
 
 /// How long a publisher waits for room in a full subscriber queue before the delivery is
@@ -100,6 +102,16 @@ impl Blocked {
             ack,
             give_up_at: now + BLOCKED_PATIENCE,
             retry: Box::pin(tokio::time::sleep_until(now + BLOCKED_RETRY)),
+        }
+    }
+
+    /// Pauses reading until `deadline` with nothing pending (publish rate throttling).
+    pub(super) fn until(deadline: Instant) -> Blocked {
+        Blocked {
+            pending: Vec::new(),
+            ack: None,
+            give_up_at: deadline,
+            retry: Box::pin(tokio::time::sleep_until(deadline)),
         }
     }
 
@@ -235,7 +247,7 @@ async fn read_connect<T: Transport>(
     }
 }
 
-async fn write_all<T: Transport>(transport: &T, mut buf: &[u8]) -> io::Result<()> {
+pub(super) async fn write_all<T: Transport>(transport: &T, mut buf: &[u8]) -> io::Result<()> {
     while !buf.is_empty() {
         transport.writable().await?;
         match transport.try_write(buf) {
@@ -277,7 +289,7 @@ async fn linger_close<T: Transport>(transport: &T, pending: &[u8]) {
 }
 
 /// Refuses a CONNECT with `reason_code` and closes.
-async fn refuse<T: Transport>(
+pub(super) async fn refuse<T: Transport>(
     transport: &T,
     version: ProtocolVersion,
     reason_code: ReasonCode,
@@ -304,7 +316,7 @@ async fn attach<T: Transport>(
     peer: SocketAddr,
     listener: ListenerId,
     connect: Box<Connect>,
-    rbuf: BytesMut,
+    mut rbuf: BytesMut,
 ) -> Option<Box<Connection<T>>> {
     let limits = broker.inner.limits.clone();
     let version = connect.protocol;
@@ -330,27 +342,25 @@ async fn attach<T: Transport>(
         // Owned copy: never pin the read buffer for the life of the session.
         (ByteString::from(String::from(&*connect.client_id)), false)
     };
-    // [MQTT-4.12.0-1] no authentication method is supported yet.
-    if connect.properties.authentication_method.is_some() {
-        refuse(
-            &transport,
-            version,
-            ReasonCode::BadAuthenticationMethod,
-            "authentication method not supported",
-        )
-        .await;
-        return None;
-    }
-    if !limits.allow_anonymous && connect.username.is_none() {
-        refuse(
-            &transport,
-            version,
-            ReasonCode::NotAuthorized,
-            "anonymous access is disabled",
-        )
-        .await;
-        return None;
-    }
+    // Mutual TLS: the listener may bind the client id to the certificate's identity.
+    let (client_id, assigned) = match broker
+        .listener_cert_identity(listener)
+        .client_id(transport.peer_certificate(), &connect.client_id)
+    {
+        Ok(None) => (client_id, assigned),
+        Ok(Some(identity)) => (
+            ByteString::from(identity),
+            version.is_v5() && connect.client_id.is_empty(),
+        ),
+        Err(refusal) => {
+            refuse(&transport, version, refusal.reason_code(), refusal.reason()).await;
+            return None;
+        }
+    };
+    let authenticated = super::auth_flow::authenticate_connect(
+        &broker, &transport, peer, listener, &connect, &client_id, &mut rbuf,
+    )
+    .await?;
     if let Some(will) = &connect.last_will {
         if topic::validate_topic_name(&will.topic, limits.max_topic_levels).is_err() {
             refuse(
@@ -486,6 +496,8 @@ async fn attach<T: Transport>(
             properties.assigned_client_identifier = Some(client_id.clone());
         }
         properties.server_keep_alive = server_keep_alive;
+        properties.authentication_method = authenticated.method;
+        properties.authentication_data = authenticated.data;
     }
     let connack = Packet::ConnAck(ConnAck {
         session_present: outcome.session_present,
@@ -549,7 +561,9 @@ async fn attach<T: Transport>(
         blocked: None,
         will: last_will,
         gate: None,
+        auth: authenticated.auth,
     };
+    connection.auth_attached();
     connection.touch_keep_alive();
     connection.resend_inflight();
     Some(Box::new(connection))
@@ -578,7 +592,7 @@ impl<T: Transport> Connection<T> {
             let want_read = self.wbuf.len() < MAX_PENDING_WRITE_BYTES
                 && self.blocked.is_none()
                 && !self.gate_is_full();
-            let want_write = self.releasable_len() > 0;
+            let want_write = self.releasable_len() > 0 || self.transport.has_pending_output();
             let event = std::future::poll_fn(|cx| {
                 if self.handle.poll_notified(cx).is_ready() {
                     return Poll::Ready(LoopEvent::Notified);
@@ -667,6 +681,10 @@ impl<T: Transport> Connection<T> {
                 Ok(None) => break,
                 Err(error) => {
                     self.broker.inner.metrics.protocol_errors.increment(1);
+                    if error.reason_code() == ReasonCode::PacketTooLarge {
+                        let security = &self.broker.inner.metrics.security;
+                        security.limit_exceeded(crate::auth::LimitKind::PacketSize);
+                    }
                     tracing::debug!(client_id = %self.state.client_id, %error, "malformed packet");
                     return Err(Close::Protocol(
                         error.reason_code(),
@@ -765,6 +783,7 @@ impl<T: Transport> Connection<T> {
     /// Settles the session after the connection loop ended (hand over, park or end it, and
     /// publish or schedule the will), then closes the socket.
     async fn finish(mut self, close: Close) -> CloseReason {
+        self.auth_detached();
         let client_id = self.state.client_id.clone();
         let mut publish_will_now = true;
         let mut takeover = None;

@@ -48,6 +48,9 @@ pub(super) struct DurableGate {
     pending: WriteBatch,
     /// Write-buffer offset from which the output depends on `pending`.
     pending_start: usize,
+    /// Operations no output waits for (removals after PUBACK/PUBCOMP, dropped deliveries);
+    /// submitted before `pending`, so their order with this connection's writes holds.
+    detached: WriteBatch,
 }
 
 impl<T: Transport> Connection<T> {
@@ -69,11 +72,21 @@ impl<T: Transport> Connection<T> {
         &mut gate.pending
     }
 
-    /// Submits the pending batch, if any.
+    /// Returns the batch of operations no output waits for (the broker has storage).
+    pub(super) fn detached_batch(&mut self) -> &mut WriteBatch {
+        &mut self.gate.get_or_insert_with(Box::default).detached
+    }
+
+    /// Submits the detached and the pending batch, if any.
     pub(super) fn submit_pending(&mut self) -> Result<(), Close> {
         let Some(gate) = self.gate.as_mut() else {
             return Ok(());
         };
+        if !gate.detached.is_empty() {
+            if let Some(persistence) = self.broker.inner.persistence.as_ref() {
+                persistence.submit_detached(std::mem::take(&mut gate.detached));
+            }
+        }
         if gate.pending.is_empty() {
             if gate.submitted.is_empty() {
                 self.gate = None;
@@ -121,20 +134,30 @@ impl<T: Transport> Connection<T> {
             .is_some_and(|gate| gate.submitted.len() >= MAX_OUTSTANDING_COMMITS)
     }
 
-    /// Polls the oldest submitted batch; `Ready` when it completed (and was removed).
+    /// Polls the submitted batches in order; `Ready` once the oldest completed, having removed
+    /// every completed one (a group commit completes many at once: one wake-up, one write).
     pub(super) fn poll_gate(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), StorageError>> {
         let Some(gate) = self.gate.as_mut() else {
             return Poll::Pending;
         };
-        let Some((ticket, _)) = gate.submitted.front_mut() else {
+        let mut completed = false;
+        while let Some((ticket, _)) = gate.submitted.front_mut() {
+            match ticket.poll_done(cx) {
+                Poll::Pending => break,
+                Poll::Ready(Ok(())) => {
+                    gate.submitted.pop_front();
+                    completed = true;
+                }
+                Poll::Ready(Err(error)) => return Poll::Ready(Err(error)),
+            }
+        }
+        if !completed {
             return Poll::Pending;
-        };
-        let outcome = std::task::ready!(ticket.poll_done(cx));
-        gate.submitted.pop_front();
-        if gate.submitted.is_empty() && gate.pending.is_empty() {
+        }
+        if gate.submitted.is_empty() && gate.pending.is_empty() && gate.detached.is_empty() {
             self.gate = None;
         }
-        Poll::Ready(outcome)
+        Poll::Ready(Ok(()))
     }
 
     /// At close: waits for outstanding batches; output whose batch did not become durable is
@@ -195,14 +218,21 @@ impl<T: Transport> Connection<T> {
                 batch.put_retained(record);
             }
         }
+        let stored = |(session, delivery): &(SessionHandle, Delivery)| {
+            delivery.qos != QoS::AtMostOnce && session.is_persistent()
+        };
+        // One stored subscriber: the message goes inline into its queue entry (one write);
+        // several: stored once and reference-counted.
+        let inline = deliveries.iter().filter(|entry| stored(entry)).count() == 1;
         let mut message_id = 0;
-        for (session, delivery) in deliveries.iter_mut() {
-            if delivery.qos == QoS::AtMostOnce || !session.is_persistent() {
+        for entry in deliveries.iter_mut() {
+            if !stored(entry) {
                 continue;
             }
-            if message_id == 0 {
+            let (session, delivery) = entry;
+            let record = record.get_or_insert_with(|| persistence.message_record(&message));
+            if message_id == 0 && !inline {
                 message_id = persistence.allocate_message_id();
-                let record = record.get_or_insert_with(|| persistence.message_record(&message));
                 batch.put_message(message_id, record);
             }
             let queue_seq = persistence.allocate_queue_seq();
@@ -214,6 +244,7 @@ impl<T: Transport> Connection<T> {
                     qos: delivery.qos,
                     retain: delivery.retain,
                     subscription_ids: delivery.subscription_ids.to_vec(),
+                    message: inline.then(|| record.clone()),
                 },
             );
             delivery.stored = StoredRef {
@@ -272,14 +303,16 @@ impl<T: Transport> Connection<T> {
             return;
         }
         let client_id = session.client_id().clone();
-        self.pending_batch()
+        self.detached_batch()
             .remove_queue(&client_id, stored.queue_seq, stored.message_id);
     }
 
-    /// Stores a QoS 1/2 delivery as in flight under `packet_id` (moving it out of the stored
-    /// queue), before its PUBLISH is written.
+    /// Stores a QoS 2 delivery as in flight under `packet_id` (moving it out of the stored
+    /// queue), before its PUBLISH is written, so a crash never makes it resent under another
+    /// packet id. A QoS 1 delivery keeps its queue entry until PUBACK instead: resending it after
+    /// a crash, even under a new packet id, is what QoS 1 allows, and it saves a write per message.
     pub(super) fn store_inflight(&mut self, delivery: &mut Delivery, packet_id: u16) {
-        if !self.handle.is_persistent() {
+        if !self.handle.is_persistent() || delivery.qos != QoS::ExactlyOnce {
             return;
         }
         let Some(persistence) = self.broker.inner.persistence.clone() else {
@@ -321,6 +354,14 @@ impl<T: Transport> Connection<T> {
             return;
         }
         let client_id = self.state.client_id.clone();
+        let stored = outbound.delivery.stored;
+        if stored.queue_seq != 0 {
+            // QoS 1 (see `store_inflight`): the queue entry is the in-flight state; nothing
+            // waits for its removal.
+            self.detached_batch()
+                .remove_queue(&client_id, stored.queue_seq, stored.message_id);
+            return;
+        }
         let published = match outbound.state {
             OutboundState::Published if outbound.delivery.stored.message_id != 0 => {
                 InflightState::Published {
@@ -338,15 +379,15 @@ impl<T: Transport> Connection<T> {
             subscription_ids: Vec::new(),
         };
         let current = record(published);
-        let batch = self.pending_batch();
         if released {
-            batch.put_inflight(
+            // PUBREL waits for this.
+            self.pending_batch().put_inflight(
                 &client_id,
                 &record(InflightState::PubRelSent),
                 Some(&current),
             );
         } else {
-            batch.remove_inflight(&client_id, &current);
+            self.detached_batch().remove_inflight(&client_id, &current);
         }
     }
 }

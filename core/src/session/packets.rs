@@ -8,12 +8,14 @@ use bytestring::ByteString;
 use tokio::time::Instant;
 
 use crate::{
+    auth::SubscribeDecision,
     codec::{
         Ack, AckProperties, Packet, PacketId, Publish, PublishProperties, QoS, ReasonCode,
         RetainHandling, SubAck, Subscribe, SubscriptionOptions, UnsubAck, Unsubscribe,
     },
     message::{Delivery, Message, SubscriptionIds},
     session::{
+        auth_flow::PublishCheck,
         connection::{Blocked, Close, Connection, MAX_PENDING_WRITE_BYTES},
         Outbound, OutboundState, PushOutcome, StoredSubscription,
     },
@@ -96,10 +98,7 @@ impl<T: Transport> Connection<T> {
                 let publish_will = disconnect.reason_code == ReasonCode::DisconnectWithWillMessage;
                 Err(Close::ClientDisconnect { publish_will })
             }
-            Packet::Auth(_) => Err(Close::Protocol(
-                ReasonCode::ProtocolError,
-                "AUTH without an authentication method",
-            )),
+            Packet::Auth(auth) => self.on_auth(auth),
             Packet::Connect(_) => Err(Close::Protocol(ReasonCode::ProtocolError, "second CONNECT")),
             Packet::ConnAck(_) | Packet::SubAck(_) | Packet::UnsubAck(_) | Packet::PingResp => {
                 Err(Close::Protocol(
@@ -116,6 +115,8 @@ impl<T: Transport> Connection<T> {
         if let Some(alias) = publish.properties.topic_alias.take() {
             // [MQTT-3.3.2-9] an alias above our maximum is invalid.
             if !self.version.is_v5() || alias.get() > limits.topic_alias_maximum {
+                let security = &self.broker.inner.metrics.security;
+                security.limit_exceeded(crate::auth::LimitKind::TopicAlias);
                 return Err(Close::Protocol(
                     ReasonCode::TopicAliasInvalid,
                     "topic alias out of range",
@@ -141,7 +142,11 @@ impl<T: Transport> Connection<T> {
                     .insert(alias.get(), owned);
             }
         }
-        if topic::validate_topic_name(&publish.topic, limits.max_topic_levels).is_err() {
+        if let Err(error) = topic::validate_topic_name(&publish.topic, limits.max_topic_levels) {
+            if error == topic::TopicError::TooLong {
+                let security = &self.broker.inner.metrics.security;
+                security.limit_exceeded(crate::auth::LimitKind::TopicLevels);
+            }
             return Err(Close::Protocol(
                 ReasonCode::TopicNameInvalid,
                 "invalid topic name",
@@ -169,6 +174,8 @@ impl<T: Transport> Connection<T> {
                 return Ok(());
             }
             if self.state.inbound_qos2.len() >= usize::from(limits.receive_maximum) {
+                let security = &self.broker.inner.metrics.security;
+                security.limit_exceeded(crate::auth::LimitKind::ReceiveMaximum);
                 return Err(Close::Protocol(
                     ReasonCode::ReceiveMaximumExceeded,
                     "receive maximum exceeded",
@@ -180,6 +187,9 @@ impl<T: Transport> Connection<T> {
         {
             // [MQTT-3.3.2-4] the broker may refuse a payload that is not the UTF-8 it claims.
             return self.acknowledge_publish(&publish, ReasonCode::PayloadFormatInvalid);
+        }
+        if let PublishCheck::Deny(reason_code) = self.check_publish(&publish)? {
+            return self.acknowledge_publish(&publish, reason_code);
         }
         let now = Instant::now();
         let mut properties = std::mem::take(&mut publish.properties);
@@ -345,7 +355,11 @@ impl<T: Transport> Connection<T> {
         for (raw_filter, options) in subscribe.filters {
             let filter = match TopicFilter::parse(&raw_filter, limits.max_topic_levels) {
                 Ok(filter) => filter,
-                Err(_) => {
+                Err(error) => {
+                    if error == topic::TopicError::TooLong {
+                        let security = &self.broker.inner.metrics.security;
+                        security.limit_exceeded(crate::auth::LimitKind::TopicLevels);
+                    }
                     reason_codes.push(ReasonCode::TopicFilterInvalid);
                     continue;
                 }
@@ -365,6 +379,13 @@ impl<T: Transport> Connection<T> {
                 reason_codes.push(ReasonCode::UnspecifiedError);
                 continue;
             }
+            let (max_qos, partial) = match self.check_subscribe(&filter) {
+                SubscribeDecision::Deny => {
+                    reason_codes.push(ReasonCode::NotAuthorized);
+                    continue;
+                }
+                SubscribeDecision::Allow { max_qos, partial } => (max_qos, partial),
+            };
             let existing_idx = self
                 .state
                 .subscriptions
@@ -373,11 +394,13 @@ impl<T: Transport> Connection<T> {
             if existing_idx.is_none()
                 && self.state.subscriptions.len() >= limits.max_subscriptions_per_session
             {
+                let security = &self.broker.inner.metrics.security;
+                security.limit_exceeded(crate::auth::LimitKind::Subscriptions);
                 reason_codes.push(ReasonCode::QuotaExceeded);
                 continue;
             }
             let granted = SubscriptionOptions {
-                qos: options.qos.min(limits.maximum_qos),
+                qos: options.qos.min(limits.maximum_qos).min(max_qos),
                 ..options
             };
             let existed =
@@ -422,6 +445,9 @@ impl<T: Transport> Connection<T> {
             };
             if send_retained && !filter.is_shared() && limits.retain_available {
                 for message in self.broker.inner.router.retained_for(&filter.filter) {
+                    if partial && !self.may_read(&message.topic) {
+                        continue;
+                    }
                     retained.push((message, granted.qos, subscription_id));
                 }
             }
@@ -508,6 +534,9 @@ impl<T: Transport> Connection<T> {
 
     fn send_delivery(&mut self, mut delivery: Delivery, now: Instant) {
         let metrics = &self.broker.inner.metrics;
+        if !self.may_read(&delivery.message.topic) {
+            return;
+        }
         let Ok(expiry) = delivery.message.remaining_expiry(now) else {
             metrics.dropped_expired.increment(1);
             let handle = self.handle.clone();

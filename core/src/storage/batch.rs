@@ -1,6 +1,6 @@
 //! Write batches: what the engine asks to store, and how a backend turns it into puts/deletes.
 
-use std::collections::BTreeMap;
+use std::{borrow::Cow, collections::BTreeMap};
 
 use bytes::Bytes;
 
@@ -96,7 +96,11 @@ impl WriteBatch {
         self.push(BatchOp::Delete { keyspace, key })
     }
 
+    /// Message id 0 means an inline message (see [`QueueRecord::message`]): no count to keep.
     fn message_ref(&mut self, message_id: u64, delta: i64) -> &mut WriteBatch {
+        if message_id == 0 {
+            return self;
+        }
         self.push(BatchOp::MessageRef { message_id, delta })
     }
 
@@ -264,11 +268,14 @@ pub(crate) trait ReadView {
 }
 
 /// A resolved write: `Some(value)` puts, `None` deletes.
-pub(crate) type RawOp = (Keyspace, Vec<u8>, Option<Vec<u8>>);
+pub(crate) type RawOp<'batch> = (Keyspace, Cow<'batch, [u8]>, Option<Cow<'batch, [u8]>>);
 
 /// Turns a batch into plain puts and deletes: expands session deletes and applies reference
 /// count changes against `view`.
-pub(crate) fn resolve(batch: &WriteBatch, view: &dyn ReadView) -> Result<Vec<RawOp>, StorageError> {
+pub(crate) fn resolve<'batch>(
+    batch: &'batch WriteBatch,
+    view: &dyn ReadView,
+) -> Result<Vec<RawOp<'batch>>, StorageError> {
     let mut raw_ops = Vec::with_capacity(batch.ops.len() + 1);
     let mut ref_deltas: BTreeMap<u64, i64> = BTreeMap::new();
     for op in &batch.ops {
@@ -277,8 +284,14 @@ pub(crate) fn resolve(batch: &WriteBatch, view: &dyn ReadView) -> Result<Vec<Raw
                 keyspace,
                 key,
                 value,
-            } => raw_ops.push((*keyspace, key.clone(), Some(value.clone()))),
-            BatchOp::Delete { keyspace, key } => raw_ops.push((*keyspace, key.clone(), None)),
+            } => raw_ops.push((
+                *keyspace,
+                Cow::Borrowed(key.as_slice()),
+                Some(Cow::Borrowed(value.as_slice())),
+            )),
+            BatchOp::Delete { keyspace, key } => {
+                raw_ops.push((*keyspace, Cow::Borrowed(key.as_slice()), None))
+            }
             BatchOp::MessageRef { message_id, delta } => {
                 *ref_deltas.entry(*message_id).or_default() += delta;
             }
@@ -315,11 +328,15 @@ pub(crate) fn resolve(batch: &WriteBatch, view: &dyn ReadView) -> Result<Vec<Raw
             );
         }
         if new_count <= 0 {
-            raw_ops.push((Keyspace::Messages, key.clone(), None));
-            raw_ops.push((Keyspace::MessageRefs, key, None));
+            raw_ops.push((Keyspace::Messages, Cow::Owned(key.clone()), None));
+            raw_ops.push((Keyspace::MessageRefs, Cow::Owned(key), None));
         } else {
             let value = (new_count as u64).to_be_bytes().to_vec();
-            raw_ops.push((Keyspace::MessageRefs, key, Some(value)));
+            raw_ops.push((
+                Keyspace::MessageRefs,
+                Cow::Owned(key),
+                Some(Cow::Owned(value)),
+            ));
         }
     }
     Ok(raw_ops)
@@ -328,29 +345,39 @@ pub(crate) fn resolve(batch: &WriteBatch, view: &dyn ReadView) -> Result<Vec<Raw
 fn expand_delete_session(
     client_id: &str,
     view: &dyn ReadView,
-    raw_ops: &mut Vec<RawOp>,
+    raw_ops: &mut Vec<RawOp<'_>>,
     ref_deltas: &mut BTreeMap<u64, i64>,
 ) -> Result<(), StorageError> {
     let prefix = session_key_prefix(client_id);
     for (key, value) in view.scan_prefix_all(Keyspace::OfflineQueue, &prefix)? {
         let entry = decode_record::<QueueRecord>(Keyspace::OfflineQueue, value)?;
-        *ref_deltas.entry(entry.message_id).or_default() -= 1;
-        raw_ops.push((Keyspace::OfflineQueue, key, None));
+        if entry.message_id != 0 {
+            *ref_deltas.entry(entry.message_id).or_default() -= 1;
+        }
+        raw_ops.push((Keyspace::OfflineQueue, Cow::Owned(key), None));
     }
     for (key, value) in view.scan_prefix_all(Keyspace::OutboundInflight, &prefix)? {
         let entry = decode_record::<InflightRecord>(Keyspace::OutboundInflight, value)?;
         if let InflightState::Published { message_id } = entry.state {
             *ref_deltas.entry(message_id).or_default() -= 1;
         }
-        raw_ops.push((Keyspace::OutboundInflight, key, None));
+        raw_ops.push((Keyspace::OutboundInflight, Cow::Owned(key), None));
     }
     for keyspace in [Keyspace::Subscriptions, Keyspace::InboundQos2] {
         for (key, _) in view.scan_prefix_all(keyspace, &prefix)? {
-            raw_ops.push((keyspace, key, None));
+            raw_ops.push((keyspace, Cow::Owned(key), None));
         }
     }
-    raw_ops.push((Keyspace::Wills, client_id.as_bytes().to_vec(), None));
-    raw_ops.push((Keyspace::Sessions, client_id.as_bytes().to_vec(), None));
+    raw_ops.push((
+        Keyspace::Wills,
+        Cow::Owned(client_id.as_bytes().to_vec()),
+        None,
+    ));
+    raw_ops.push((
+        Keyspace::Sessions,
+        Cow::Owned(client_id.as_bytes().to_vec()),
+        None,
+    ));
     Ok(())
 }
 

@@ -1,5 +1,6 @@
 //! In-memory store for tests; a [`MemoryDisk`] plays the disk so tests can "crash" and reopen.
 
+use std::borrow::Cow;
 use std::{collections::BTreeMap, ops::Bound, sync::Arc};
 
 use parking_lot::Mutex;
@@ -36,7 +37,7 @@ pub struct MemoryStore {
 #[derive(Debug, Default)]
 struct MemoryState {
     live: Map,
-    unflushed: Vec<RawOp>,
+    unflushed: Vec<RawOp<'static>>,
 }
 
 impl MemoryStore {
@@ -94,11 +95,11 @@ fn scan_map(
         .collect()
 }
 
-fn apply_raw(map: &mut Map, raw_ops: impl IntoIterator<Item = RawOp>) {
+fn apply_raw<'a>(map: &mut Map, raw_ops: impl IntoIterator<Item = RawOp<'a>>) {
     for (keyspace, key, value) in raw_ops {
         match value {
-            Some(value) => map.insert((keyspace, key), value),
-            None => map.remove(&(keyspace, key)),
+            Some(value) => map.insert((keyspace, key.into_owned()), value.into_owned()),
+            None => map.remove(&(keyspace, key.into_owned())),
         };
     }
 }
@@ -138,7 +139,15 @@ impl Store for MemoryStore {
         for batch in batches {
             let raw_ops = resolve(batch, &MapView(&state.live))?;
             apply_raw(&mut state.live, raw_ops.iter().cloned());
-            state.unflushed.extend(raw_ops);
+            state
+                .unflushed
+                .extend(raw_ops.into_iter().map(|(keyspace, key, value)| {
+                    (
+                        keyspace,
+                        Cow::Owned(key.into_owned()),
+                        value.map(|value| Cow::Owned(value.into_owned())),
+                    )
+                }));
         }
         Ok(())
     }

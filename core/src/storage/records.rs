@@ -97,7 +97,7 @@ pub struct InflightRecord {
 /// A delivery waiting in a session's offline queue, in `Keyspace::OfflineQueue`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QueueRecord {
-    /// The shared message in `Keyspace::Messages`.
+    /// The shared message in `Keyspace::Messages`; 0 when the message is inline.
     pub message_id: u64,
     /// Delivery QoS.
     pub qos: QoS,
@@ -105,6 +105,9 @@ pub struct QueueRecord {
     pub retain: bool,
     /// Subscription identifiers of the delivery.
     pub subscription_ids: Vec<u32>,
+    /// The message itself, when only this entry refers to it (`message_id` is then 0): one
+    /// write instead of three (message, reference count, entry) for the common 1:1 case.
+    pub message: Option<MessageRecord>,
 }
 
 /// A published message, stored once (`Keyspace::Messages`), as a retained message
@@ -151,11 +154,17 @@ pub trait Record: Sized {
     /// Returns a [`RecordError`] for truncated, trailing, unknown-version or invalid data.
     fn decode(src: Bytes) -> Result<Self, RecordError>;
 
+    /// Bytes to reserve before encoding (an estimate; encoding grows the buffer if needed).
+    fn size_hint(&self) -> usize {
+        64
+    }
+
     /// Encodes into a `Vec`.
     fn to_vec(&self) -> Vec<u8> {
-        let mut dst = BytesMut::new();
+        let mut dst = BytesMut::with_capacity(self.size_hint());
         self.encode(&mut dst);
-        dst.to_vec()
+        // Takes over the buffer without a copy (it is uniquely owned).
+        Vec::from(dst)
     }
 }
 
@@ -263,27 +272,81 @@ impl Record for InflightRecord {
     }
 }
 
+impl MessageRecord {
+    fn encoded_size_hint(&self) -> usize {
+        let properties = &self.properties;
+        96 + self.topic.len()
+            + self.payload.len()
+            + properties
+                .response_topic
+                .as_ref()
+                .map_or(0, |topic| topic.len())
+            + properties
+                .correlation_data
+                .as_ref()
+                .map_or(0, |data| data.len())
+            + properties
+                .content_type
+                .as_ref()
+                .map_or(0, |content_type| content_type.len())
+            + properties
+                .user_properties
+                .iter()
+                .map(|(key, value)| key.len() + value.len() + 8)
+                .sum::<usize>()
+    }
+}
+
 impl Record for QueueRecord {
+    fn size_hint(&self) -> usize {
+        32 + 5 * self.subscription_ids.len()
+            + self
+                .message
+                .as_ref()
+                .map_or(0, MessageRecord::encoded_size_hint)
+    }
+
     fn encode(&self, dst: &mut BytesMut) {
         dst.put_u8(RECORD_VERSION);
         put_varint(dst, self.message_id);
         put_delivery(dst, self.qos, self.retain, &self.subscription_ids);
+        match &self.message {
+            None => dst.put_u8(0),
+            Some(message) => {
+                dst.put_u8(1);
+                put_message_body(dst, message);
+            }
+        }
     }
 
     fn decode(src: Bytes) -> Result<Self, RecordError> {
         let mut reader = Reader::new(src)?;
         let message_id = reader.varint("message_id")?;
         let (qos, retain, subscription_ids) = reader.delivery()?;
+        let message = match reader.u8("inline_message")? {
+            0 => None,
+            1 => Some(reader.message_body()?),
+            _ => {
+                return Err(RecordError::Invalid {
+                    field: "inline_message",
+                })
+            }
+        };
         reader.finish(QueueRecord {
             message_id,
             qos,
             retain,
             subscription_ids,
+            message,
         })
     }
 }
 
 impl Record for MessageRecord {
+    fn size_hint(&self) -> usize {
+        self.encoded_size_hint()
+    }
+
     fn encode(&self, dst: &mut BytesMut) {
         dst.put_u8(RECORD_VERSION);
         put_message_body(dst, self);
@@ -297,6 +360,10 @@ impl Record for MessageRecord {
 }
 
 impl Record for WillRecord {
+    fn size_hint(&self) -> usize {
+        self.message.encoded_size_hint() + 16
+    }
+
     fn encode(&self, dst: &mut BytesMut) {
         dst.put_u8(RECORD_VERSION);
         put_message_body(dst, &self.message);

@@ -143,8 +143,9 @@ proptest! {
         qos in qos(),
         retain in any::<bool>(),
         subscription_ids in subscription_ids(),
+        message in prop::option::of(message()),
     ) {
-        round_trip(&QueueRecord { message_id, qos, retain, subscription_ids });
+        round_trip(&QueueRecord { message_id, qos, retain, subscription_ids, message });
     }
 
     #[test]
@@ -180,6 +181,7 @@ fn unknown_version_is_refused() {
         qos: QoS::AtLeastOnce,
         retain: false,
         subscription_ids: vec![],
+        message: None,
     }
     .to_vec();
     encoded[0] = 9;

@@ -168,7 +168,12 @@ fn recover_session(
     for (key, value) in scan_all(store, Keyspace::OfflineQueue, &prefix)? {
         let entry: QueueRecord = decode_record(Keyspace::OfflineQueue, value)?;
         let sequence = sequence_of(&key)?;
-        match load_message(store, entry.message_id, state)? {
+        let inline_expiry = entry.message.as_ref().map(|message| message.expiry_unix_ms);
+        let loaded = match inline_expiry {
+            Some(expiry) => Some(expiry),
+            None => load_message(store, entry.message_id, state)?,
+        };
+        match loaded {
             None => {
                 state.counts.num_dangling += 1;
                 state

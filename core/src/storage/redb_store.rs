@@ -202,8 +202,8 @@ impl Store for RedbStore {
                 for (keyspace, key, value) in raw_ops {
                     let table = &mut tables.tables[usize::from(keyspace.tag())];
                     match value {
-                        Some(value) => table.insert(key.as_slice(), value.as_slice()).map(drop),
-                        None => table.remove(key.as_slice()).map(drop),
+                        Some(value) => table.insert(&*key, &*value).map(drop),
+                        None => table.remove(&*key).map(drop),
                     }
                     .map_err(backend_error)?;
                 }

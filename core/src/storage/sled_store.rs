@@ -190,7 +190,7 @@ impl Store for SledStore {
             for (keyspace, key, value) in raw_ops {
                 let full_key = SledStore::full_key(keyspace, &key);
                 match value {
-                    Some(value) => sled_batch.insert(full_key, value),
+                    Some(value) => sled_batch.insert(full_key, &*value),
                     None => sled_batch.remove(full_key),
                 }
             }

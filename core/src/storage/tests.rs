@@ -108,6 +108,7 @@ pub(super) fn queue_entry(message_id: u64) -> QueueRecord {
         qos: QoS::AtLeastOnce,
         retain: false,
         subscription_ids: vec![5],
+        message: None,
     }
 }
 

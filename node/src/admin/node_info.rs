@@ -41,12 +41,21 @@ pub(crate) async fn status(State(state): State<AdminState>) -> ApiResult<Json<Va
 
 /// `GET /api/v1/listeners`.
 pub(crate) async fn listeners(State(state): State<AdminState>) -> Json<Value> {
-    Json(json!({
-        "listeners": [
-            { "name": "tcp", "protocol": "mqtt", "address": state.mqtt_addr.to_string() },
-            { "name": "admin", "protocol": "http", "address": state.admin_addr.to_string() },
-        ]
-    }))
+    let mut listeners: Vec<Value> = state
+        .listeners
+        .iter()
+        .map(|listener| {
+            json!({
+                "name": listener.name,
+                "protocol": listener.protocol,
+                "address": listener.addr.to_string(),
+            })
+        })
+        .collect();
+    listeners.push(
+        json!({ "name": "admin", "protocol": "http", "address": state.admin_addr.to_string() }),
+    );
+    Json(json!({ "listeners": listeners }))
 }
 
 /// `GET /api/v1/config`.

@@ -18,7 +18,7 @@ pub fn effective_config_json(config: &NodeConfig) -> Value {
         "version": "1",
         "node_id": config.node_id,
         "data_dir": config.data_dir.display().to_string(),
-        "listeners": { "tcp": { "bind": config.tcp_listen.to_string() } },
+        "listeners": super::listeners::listeners_json(&config.listeners),
         "mqtt": {
             "max_packet_size_bytes": limits.max_packet_size,
             "receive_maximum": limits.receive_maximum,
@@ -67,6 +67,57 @@ pub fn effective_config_json(config: &NodeConfig) -> Value {
             "engine": config.storage.engine.name(),
             "fsync": if config.storage.fsync_always { "always" } else { "never" },
             "max_commit_delay_ms": config.storage.max_commit_delay.as_millis() as u64,
+        },
+        "auth": auth_json(&config.auth),
+        "acl": {
+            // The rules themselves are shown by count only: the file they come from is the record.
+            "file": path_text(config.auth.acl_file.as_ref()),
+        },
+        "limits": limits_json(&config.auth),
+    })
+}
+
+fn path_text(path: Option<&std::path::PathBuf>) -> String {
+    path.map(|path| path.display().to_string())
+        .unwrap_or_default()
+}
+
+fn auth_json(auth: &crate::config::AuthConfig) -> Value {
+    let jwt = auth.jwt.as_ref();
+    let http = auth.http.as_ref();
+    json!({
+        "password_file": path_text(auth.password_file.as_ref()),
+        "ban_file": path_text(auth.ban_file.as_ref()),
+        "reload_interval_ms": auth.reload_interval.as_millis() as u64,
+        "certificate_as_username": auth.certificate_as_username,
+        "jwt": {
+            "hs256_secret_file": path_text(jwt.and_then(|jwt| jwt.hs256_secret_file.as_ref())),
+            "jwks_file": path_text(jwt.and_then(|jwt| jwt.jwks_file.as_ref())),
+            "issuer": jwt.and_then(|jwt| jwt.issuer.clone()).unwrap_or_default(),
+            "audience": jwt.and_then(|jwt| jwt.audience.clone()).unwrap_or_default(),
+        },
+        "http": {
+            // A URL with user information would show a credential.
+            "url": http.map_or(String::new(), |http| if http.url.contains('@') { "<redacted>".to_string() } else { http.url.clone() }),
+            "timeout_ms": http.map_or(2000, |http| http.timeout.as_millis() as u64),
+            "cache_ttl_secs": http.map_or(60, |http| http.cache_ttl.as_secs()),
+            "cache_max_entries": http.map_or(10_000, |http| http.cache_max_entries),
+            "max_concurrent_requests": http.map_or(32, |http| http.max_concurrent_requests),
+        },
+        "scram": { "enabled": auth.scram },
+    })
+}
+
+fn limits_json(auth: &crate::config::AuthConfig) -> Value {
+    let limits = auth.rate_limits;
+    json!({
+        "publish_rate_per_sec": limits.map_or(0, |l| l.messages_per_sec),
+        "publish_burst": limits.map_or(0, |l| l.message_burst),
+        "publish_bytes_per_sec": limits.map_or(0, |l| l.bytes_per_sec),
+        "publish_burst_bytes": limits.map_or(0, |l| l.byte_burst),
+        "rate_exceeded_action": match limits.map(|l| l.action) {
+            Some(starling_core::auth::RateLimitAction::Disconnect) => "disconnect",
+            _ => "throttle",
         },
     })
 }

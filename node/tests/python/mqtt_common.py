@@ -42,7 +42,12 @@ class Client:
         kwargs = {"client_id": client_id, "protocol": protocol(args.version)}
         if args.version == "311":
             kwargs["clean_session"] = clean
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, **kwargs)
+        transport = getattr(args, "transport", "tcp")
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, transport=transport, **kwargs)
+        if transport == "websockets":
+            self.client.ws_set_options(path=args.ws_path)
+        if getattr(args, "cafile", None):
+            self.client.tls_set(ca_certs=args.cafile, certfile=args.certfile, keyfile=args.keyfile)
         self.messages = queue.Queue()
         self.connected = threading.Event()
         self.subscribed = threading.Event()

@@ -5,9 +5,12 @@
 #![allow(dead_code, unused_imports, unreachable_pub)]
 
 pub mod external;
+pub mod pki;
 pub mod poll;
 pub mod process;
 pub mod raw;
+pub mod stream;
+pub mod tls;
 pub mod wire;
 
 use std::{collections::HashMap, future::Future, net::SocketAddr, time::Duration};
@@ -76,6 +79,45 @@ impl TestBroker {
     /// Returns the listener port.
     pub fn port(&self) -> u16 {
         self.addr.port()
+    }
+
+    /// Returns the running node.
+    pub fn node(&self) -> &RunningNode {
+        self.node.as_ref().expect("node is running")
+    }
+
+    /// Returns the address of the listener `name`.
+    pub fn listener_addr(&self, name: &str) -> SocketAddr {
+        self.node()
+            .listener_addr(name)
+            .unwrap_or_else(|| panic!("no listener named {name}"))
+    }
+
+    /// Scrapes `/metrics` from the admin listener and parses it.
+    pub async fn scrape(&self) -> starling_node::metrics::text::Exposition {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let admin_addr = self
+            .node()
+            .admin_addr
+            .expect("the admin listener is enabled");
+        let mut stream = tokio::net::TcpStream::connect(admin_addr)
+            .await
+            .expect("connect to the admin listener");
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
+            .await
+            .expect("send the scrape");
+        let mut response = String::new();
+        tokio::time::timeout(PROMPTLY, stream.read_to_string(&mut response))
+            .await
+            .expect("scrape in time")
+            .expect("read the scrape");
+        let body = response
+            .split_once("\r\n\r\n")
+            .map(|(_, body)| body)
+            .expect("an HTTP response");
+        starling_node::metrics::text::parse(body)
+            .unwrap_or_else(|error| panic!("invalid exposition ({error}): {body}"))
     }
 
     /// Runs the node's ordered shutdown.

@@ -1,0 +1,448 @@
+//! The decisions: which method authenticates a CONNECT, and the ACL checks.
+//!
+//! Order at CONNECT: the ban list (CONNACK 0x8A); an Authentication Method (only
+//! SCRAM-SHA-256, else 0x8C); a verified client certificate with
+//! `auth.certificate_as_username`; a JWT-shaped password when JWT is configured; a user in the
+//! password file (argon2); the HTTP hook for everyone else presenting credentials; then
+//! clients without credentials: accepted with a verified certificate, else only with
+//! `mqtt.allow_anonymous`. A user name that no configured method can verify is refused with
+//! 0x86; with no method configured at all, a user name proves nothing and the client counts as
+//! anonymous (the rules never see that name).
+
+use std::{
+    net::SocketAddr,
+    sync::{atomic::Ordering, Arc},
+    time::SystemTime,
+};
+
+use bytestring::ByteString;
+use metrics::counter;
+use starling_core::{
+    auth::{AuthDecision, AuthFuture, AuthProvider, ConnectRequest, Principal, SubscribeDecision},
+    codec::{QoS, ReasonCode},
+    session::SessionHandle,
+    transport::{ListenerId, PeerCertificate},
+};
+
+use super::{
+    acl::{self, AclRule, Subject},
+    ban_subject, count_attempt,
+    http_hook::HookDecision,
+    jwt, password, scram, Attributes, NodeAuth,
+};
+
+/// The parts of a CONNECT a principal is built from (owned: SCRAM builds it later).
+#[derive(Clone)]
+struct Seed {
+    client_id: ByteString,
+    peer: SocketAddr,
+    listener: ListenerId,
+    listener_name: Arc<str>,
+    certificate: Option<PeerCertificate>,
+}
+
+impl Seed {
+    fn of(request: &ConnectRequest<'_>) -> Seed {
+        Seed {
+            client_id: ByteString::from(request.client_id),
+            peer: request.peer,
+            listener: request.listener,
+            listener_name: Arc::from(request.listener_name),
+            certificate: request.certificate.cloned(),
+        }
+    }
+}
+
+/// Topic lists a token or the hook granted.
+type Grants = (Option<Vec<String>>, Option<Vec<String>>);
+
+fn refuse(method: &'static str, reason_code: ReasonCode, reason: &'static str) -> AuthDecision {
+    let result = match reason_code {
+        ReasonCode::BadUserNameOrPassword => "bad_credentials",
+        ReasonCode::Banned => "banned",
+        ReasonCode::ServerUnavailable | ReasonCode::ServerBusy => "unavailable",
+        _ => "not_authorized",
+    };
+    count_attempt(method, result);
+    AuthDecision::Refuse(reason_code, reason)
+}
+
+impl NodeAuth {
+    fn principal(
+        &self,
+        seed: &Seed,
+        username: Option<String>,
+        method: &'static str,
+        expires_at: Option<SystemTime>,
+        grants: Option<Grants>,
+    ) -> AuthDecision {
+        // A new ban may have landed while a slow method (argon2, the hook) ran.
+        if let Some(user) = &username {
+            if self
+                .bans
+                .read()
+                .matches(&super::bans::BanSubject {
+                    client_id: &seed.client_id,
+                    username: Some(user),
+                    cert_serial: seed.certificate.as_ref().map(|c| c.serial_hex.as_str()),
+                    addr: seed.peer.ip(),
+                })
+                .is_some()
+            {
+                return refuse(method, ReasonCode::Banned, "banned");
+            }
+        }
+        let mut rules = Vec::new();
+        if let Some((publish, subscribe)) = grants {
+            if let Some(filters) = publish {
+                rules.push(AclRule::grant(
+                    true,
+                    valid_filters(filters, self.max_topic_levels),
+                ));
+            }
+            if let Some(filters) = subscribe {
+                rules.push(AclRule::grant(
+                    false,
+                    valid_filters(filters, self.max_topic_levels),
+                ));
+            }
+        }
+        let restricted = !rules.is_empty() || !self.acl.read().is_empty();
+        count_attempt(method, "success");
+        AuthDecision::Accept {
+            principal: Box::new(Principal {
+                id: self.next_id.fetch_add(1, Ordering::Relaxed),
+                client_id: seed.client_id.clone(),
+                username: username.map(ByteString::from),
+                method,
+                enhanced_method: (method == "scram")
+                    .then(|| ByteString::from_static(scram::METHOD)),
+                peer: seed.peer,
+                listener: seed.listener,
+                certificate: seed.certificate.clone(),
+                expires_at,
+                rate_limits: self.config.rate_limits,
+                policy_generation: self.generation.load(Ordering::Acquire),
+                restricted,
+                attributes: Some(Arc::new(Attributes {
+                    listener: seed.listener_name.clone(),
+                    grants: rules,
+                })),
+            }),
+            data: None,
+        }
+    }
+
+    fn start_scram(
+        &self,
+        seed: Seed,
+        data: Option<&[u8]>,
+        expected_user: Option<&str>,
+    ) -> AuthDecision {
+        let passwords = self.passwords.read().clone();
+        let me = self.me.clone();
+        scram::start(
+            data,
+            |user| passwords.get(user).and_then(|entry| entry.scram.clone()),
+            &self.fake_secret,
+            expected_user,
+            Box::new(move |user: &str| match me.upgrade() {
+                Some(auth) => auth.principal(&seed, Some(user.to_string()), "scram", None, None),
+                None => AuthDecision::Refuse(ReasonCode::ServerUnavailable, "shutting down"),
+            }),
+        )
+    }
+
+    async fn check_password(&self, phc: String, password: Vec<u8>) -> bool {
+        let Ok(_slot) = self.argon2_slots.clone().acquire_owned().await else {
+            return false;
+        };
+        tokio::task::spawn_blocking(move || password::verify_password(&phc, &password))
+            .await
+            .unwrap_or(false)
+    }
+
+    async fn decide(&self, request: &ConnectRequest<'_>) -> AuthDecision {
+        let seed = Seed::of(request);
+        let config = &self.config;
+        if let Some(kind) = self.bans.read().matches(&super::bans::BanSubject {
+            client_id: request.client_id,
+            username: request.username,
+            cert_serial: request.certificate.map(|c| c.serial_hex.as_str()),
+            addr: request.peer.ip(),
+        }) {
+            tracing::info!(client_id = request.client_id, peer = %request.peer, kind, "banned client refused");
+            return refuse("anonymous", ReasonCode::Banned, "banned");
+        }
+        if let Some(method) = request.method {
+            if method == scram::METHOD && config.scram {
+                return self.start_scram(seed, request.data, request.username);
+            }
+            return refuse(
+                "scram",
+                ReasonCode::BadAuthenticationMethod,
+                "authentication method not supported",
+            );
+        }
+        let common_name = request.certificate.and_then(|c| c.common_name.as_deref());
+        if let (true, Some(common_name)) = (config.certificate_as_username, common_name) {
+            if request.username.is_some_and(|user| user != common_name) {
+                return refuse(
+                    "certificate",
+                    ReasonCode::BadUserNameOrPassword,
+                    "user name differs from the certificate",
+                );
+            }
+            return self.principal(
+                &seed,
+                Some(common_name.to_string()),
+                "certificate",
+                None,
+                None,
+            );
+        }
+        if let (Some(jwt_config), Some(password)) = (&config.jwt, request.password) {
+            if jwt::looks_like_jwt(password) {
+                let keys = self.jwt_keys.read().clone();
+                return match jwt::verify(
+                    password,
+                    &keys,
+                    jwt_config,
+                    request.username,
+                    request.client_id,
+                    SystemTime::now(),
+                ) {
+                    Ok(token) => self.principal(
+                        &seed,
+                        token.username,
+                        "jwt",
+                        Some(token.expires_at),
+                        Some((token.publish, token.subscribe)),
+                    ),
+                    Err(error) => {
+                        tracing::info!(client_id = request.client_id, %error, "token refused");
+                        refuse("jwt", ReasonCode::BadUserNameOrPassword, "invalid token")
+                    }
+                };
+            }
+        }
+        if let Some(username) = request.username {
+            let entry = self
+                .passwords
+                .read()
+                .get(username)
+                .and_then(|e| e.argon2.clone());
+            if let Some(phc) = entry {
+                let password = request.password.unwrap_or_default().to_vec();
+                if self.check_password(phc, password).await {
+                    return self.principal(
+                        &seed,
+                        Some(username.to_string()),
+                        "password",
+                        None,
+                        None,
+                    );
+                }
+                return refuse(
+                    "password",
+                    ReasonCode::BadUserNameOrPassword,
+                    "bad user name or password",
+                );
+            }
+        }
+        if request.username.is_some() || request.password.is_some() {
+            if let Some(hook) = &self.http {
+                return match hook.decide(request).await {
+                    Ok((HookDecision::Allow { publish, subscribe }, cached)) => {
+                        counter!("starling_auth_hook_requests_total", "result" => "allow", "cached" => if cached { "true" } else { "false" }).increment(1);
+                        let grants = (publish.is_some() || subscribe.is_some())
+                            .then_some((publish, subscribe));
+                        self.principal(
+                            &seed,
+                            request.username.map(str::to_string),
+                            "http",
+                            None,
+                            grants,
+                        )
+                    }
+                    Ok((HookDecision::Deny, cached)) => {
+                        counter!("starling_auth_hook_requests_total", "result" => "deny", "cached" => if cached { "true" } else { "false" }).increment(1);
+                        refuse(
+                            "http",
+                            ReasonCode::BadUserNameOrPassword,
+                            "bad user name or password",
+                        )
+                    }
+                    Err(error) => {
+                        counter!("starling_auth_hook_requests_total", "result" => "error", "cached" => "false").increment(1);
+                        tracing::warn!(client_id = request.client_id, %error, "authentication hook failed");
+                        refuse(
+                            "http",
+                            ReasonCode::ServerUnavailable,
+                            "authentication service unavailable",
+                        )
+                    }
+                };
+            }
+            if config.verifies_users() {
+                return refuse(
+                    "password",
+                    ReasonCode::BadUserNameOrPassword,
+                    "bad user name or password",
+                );
+            }
+        }
+        if request.certificate.is_some() {
+            return self.principal(&seed, None, "certificate", None, None);
+        }
+        if config.allow_anonymous {
+            return self.principal(&seed, None, "anonymous", None, None);
+        }
+        refuse(
+            "anonymous",
+            ReasonCode::NotAuthorized,
+            "anonymous access is disabled",
+        )
+    }
+
+    fn rules_for<'a>(
+        &self,
+        principal: &'a Principal,
+    ) -> Option<(Arc<Vec<AclRule>>, &'a Attributes)> {
+        let attributes = principal
+            .attributes
+            .as_ref()
+            .and_then(|a| a.downcast_ref::<Attributes>())?;
+        Some((self.acl.read().clone(), attributes))
+    }
+}
+
+fn valid_filters(filters: Vec<String>, max_levels: usize) -> Vec<String> {
+    filters
+        .into_iter()
+        .filter(|f| {
+            let probe = f.replace("%c", "x").replace("%u", "x").replace("%i", "x");
+            starling_core::topic::validate_topic_filter(&probe, max_levels).is_ok()
+        })
+        .collect()
+}
+
+fn subject<'a>(principal: &'a Principal, attributes: &'a Attributes) -> Subject<'a> {
+    Subject {
+        client_id: &principal.client_id,
+        username: principal.username.as_deref(),
+        certificate_cn: principal
+            .certificate
+            .as_ref()
+            .and_then(|c| c.common_name.as_deref()),
+        listener: &attributes.listener,
+    }
+}
+
+impl AuthProvider for NodeAuth {
+    fn authenticate<'a>(&'a self, request: &'a ConnectRequest<'a>) -> AuthFuture<'a> {
+        Box::pin(self.decide(request))
+    }
+
+    fn reauthenticate(
+        &self,
+        principal: &Arc<Principal>,
+        method: &str,
+        data: Option<&[u8]>,
+    ) -> AuthDecision {
+        if method != scram::METHOD || !self.config.scram {
+            return refuse(
+                "scram",
+                ReasonCode::BadAuthenticationMethod,
+                "method not supported",
+            );
+        }
+        let attributes = principal
+            .attributes
+            .as_ref()
+            .and_then(|a| a.downcast_ref::<Attributes>());
+        let seed = Seed {
+            client_id: principal.client_id.clone(),
+            peer: principal.peer,
+            listener: principal.listener,
+            listener_name: attributes.map_or_else(|| Arc::from("default"), |a| a.listener.clone()),
+            certificate: principal.certificate.clone(),
+        };
+        self.start_scram(seed, data, principal.username.as_deref())
+    }
+
+    fn connected(&self, principal: &Arc<Principal>, session: &SessionHandle) {
+        self.live.insert(principal, session);
+        // A ban that landed between the check at CONNECT and now still applies.
+        if self.bans.read().matches(&ban_subject(principal)).is_some() {
+            self.live
+                .kick(principal.id, ReasonCode::AdministrativeAction);
+        }
+    }
+
+    fn disconnected(&self, principal: &Arc<Principal>) {
+        self.live.remove(principal);
+    }
+
+    fn authorize_publish(
+        &self,
+        principal: &Principal,
+        topic: &str,
+        qos: QoS,
+        retain: bool,
+    ) -> bool {
+        let Some((rules, attributes)) = self.rules_for(principal) else {
+            return false;
+        };
+        if rules.is_empty() && attributes.grants.is_empty() {
+            return true;
+        }
+        acl::check_publish(
+            rules.iter().chain(attributes.grants.iter()),
+            &subject(principal, attributes),
+            topic,
+            qos,
+            retain,
+        )
+    }
+
+    fn authorize_subscribe(
+        &self,
+        principal: &Principal,
+        filter: &str,
+        _share_group: Option<&str>,
+    ) -> SubscribeDecision {
+        let Some((rules, attributes)) = self.rules_for(principal) else {
+            return SubscribeDecision::Deny;
+        };
+        if rules.is_empty() && attributes.grants.is_empty() {
+            return SubscribeDecision::Allow {
+                max_qos: QoS::ExactlyOnce,
+                partial: false,
+            };
+        }
+        acl::check_subscribe(
+            rules.iter().chain(attributes.grants.iter()),
+            &subject(principal, attributes),
+            filter,
+        )
+    }
+
+    fn authorize_read(&self, principal: &Principal, topic: &str) -> bool {
+        let Some((rules, attributes)) = self.rules_for(principal) else {
+            return false;
+        };
+        if rules.is_empty() && attributes.grants.is_empty() {
+            return true;
+        }
+        acl::check_read(
+            rules.iter().chain(attributes.grants.iter()),
+            &subject(principal, attributes),
+            topic,
+        )
+    }
+
+    fn policy_generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+}

@@ -1,0 +1,285 @@
+//! The password file end to end: `starling passwd` (password from stdin, argon2 hashes, mode
+//! 0600, atomic rewrite), CONNECT with good and bad credentials from the raw client, rumqttc and
+//! `mosquitto_pub -u/-P`, anonymous clients refused, reload on change, and the auth metrics.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::{path::Path, time::Duration};
+
+use bytes::Bytes;
+use starling_core::codec::{ByteString, ProtocolVersion, QoS, ReasonCode};
+use starling_node::auth::cli::{run_passwd_with_input, PasswdArgs};
+use support::{
+    eventually,
+    external::{args, require_mosquitto_clients, run_client},
+    raw::connect_packet,
+    RawClient, TestBroker, PROMPTLY,
+};
+
+/// Runs `starling passwd FILE <args>` (the command's code, in-process: the binary in a shared
+/// target directory may belong to another build) with `stdin`; returns (success, stdout).
+async fn passwd(file: &Path, command: &[&str], stdin: &str) -> (bool, String) {
+    use clap::Parser;
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: PasswdArgs,
+    }
+    let mut argv = vec!["passwd".to_string(), file.display().to_string()];
+    argv.extend(command.iter().map(|arg| (*arg).to_string()));
+    let cli = Cli::try_parse_from(argv).unwrap();
+    let mut input = std::io::Cursor::new(stdin.as_bytes().to_vec());
+    let mut out = Vec::new();
+    let ok = run_passwd_with_input(&cli.args, Some(&mut input), &mut out).is_ok();
+    (ok, String::from_utf8(out).unwrap())
+}
+
+async fn connack(
+    broker: &TestBroker,
+    version: ProtocolVersion,
+    user: Option<&str>,
+    password: Option<&str>,
+) -> ReasonCode {
+    let mut connect = connect_packet(version, "pw-client");
+    connect.username = user.map(ByteString::from);
+    connect.password = password.map(|p| Bytes::copy_from_slice(p.as_bytes()));
+    let (_client, connack) = RawClient::connect_with(broker.addr, connect).await;
+    connack.reason_code
+}
+
+async fn broker_with_users(dir: &Path) -> (TestBroker, std::path::PathBuf) {
+    let file = dir.join("passwd");
+    assert!(passwd(&file, &["add", "alice"], "s3cret\n").await.0);
+    let config = format!(
+        "[mqtt]\nallow_anonymous = false\n[auth]\npassword_file = \"{}\"\nreload_interval_ms = 100\n",
+        file.display()
+    );
+    (TestBroker::start_with(&config).await, file)
+}
+
+#[tokio::test]
+async fn passwd_stores_argon2_hashes_in_a_private_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("passwd");
+    assert!(
+        passwd(&file, &["add", "alice", "--scram"], "s3cret\n")
+            .await
+            .0
+    );
+    assert!(passwd(&file, &["add", "bob"], "hunter2\n").await.0);
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert!(text.contains("alice:$argon2id$"), "{text}");
+    assert!(text.contains("alice:$scram-sha-256$i=4096$"), "{text}");
+    assert!(
+        !text.contains("s3cret") && !text.contains("hunter2"),
+        "{text}"
+    );
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let (ok, listing) = passwd(&file, &["list"], "").await;
+    assert!(ok);
+    assert_eq!(listing, "alice\targon2id,scram-sha-256\nbob\targon2id\n");
+    assert!(passwd(&file, &["remove", "bob"], "").await.0);
+    assert!(
+        !passwd(&file, &["remove", "bob"], "").await.0,
+        "removing twice fails"
+    );
+    assert!(
+        !passwd(&file, &["add", "eve"], "\n").await.0,
+        "empty password refused"
+    );
+    // No temporary file is left behind.
+    let names: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names.len(), 1, "{names:?}");
+}
+
+#[tokio::test]
+async fn credentials_are_checked_and_anonymous_clients_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (broker, _file) = broker_with_users(dir.path()).await;
+    let v5 = ProtocolVersion::V5;
+    assert_eq!(
+        connack(&broker, v5, Some("alice"), Some("s3cret")).await,
+        ReasonCode::Success
+    );
+    assert_eq!(
+        connack(&broker, v5, Some("alice"), Some("wrong")).await,
+        ReasonCode::BadUserNameOrPassword
+    );
+    assert_eq!(
+        connack(&broker, v5, Some("alice"), None).await,
+        ReasonCode::BadUserNameOrPassword
+    );
+    assert_eq!(
+        connack(&broker, v5, Some("mallory"), Some("s3cret")).await,
+        ReasonCode::BadUserNameOrPassword
+    );
+    assert_eq!(
+        connack(&broker, v5, None, None).await,
+        ReasonCode::NotAuthorized
+    );
+    // MQTT 3.1.1 return codes 4 and 5 (decoded back to 0x86 and 0x87).
+    let v311 = ProtocolVersion::V3_1_1;
+    assert_eq!(
+        connack(&broker, v311, Some("alice"), Some("s3cret")).await,
+        ReasonCode::Success
+    );
+    assert_eq!(
+        connack(&broker, v311, Some("alice"), Some("nope")).await,
+        ReasonCode::BadUserNameOrPassword
+    );
+    assert_eq!(
+        connack(&broker, v311, None, None).await,
+        ReasonCode::NotAuthorized
+    );
+}
+
+#[tokio::test]
+async fn rumqttc_authenticates_with_the_password_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let (broker, _file) = broker_with_users(dir.path()).await;
+    for (password, expect_ok) in [("s3cret", true), ("wrong", false)] {
+        let mut options = rumqttc::MqttOptions::new("rumqttc-pw", "127.0.0.1", broker.port());
+        options.set_credentials("alice", password);
+        let (client, mut eventloop) = rumqttc::AsyncClient::new(options, 10);
+        let outcome = tokio::time::timeout(PROMPTLY, eventloop.poll())
+            .await
+            .unwrap();
+        match outcome {
+            Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(connack))) => {
+                assert!(expect_ok, "{connack:?}");
+                assert_eq!(connack.code, rumqttc::ConnectReturnCode::Success);
+                client
+                    .subscribe("t", rumqttc::QoS::AtLeastOnce)
+                    .await
+                    .unwrap();
+            }
+            Err(rumqttc::ConnectionError::ConnectionRefused(code)) => {
+                assert!(!expect_ok);
+                assert_eq!(code, rumqttc::ConnectReturnCode::BadUserNamePassword);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn mosquitto_pub_authenticates_with_user_and_password() {
+    if !require_mosquitto_clients() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (broker, _file) = broker_with_users(dir.path()).await;
+    let port = broker.port().to_string();
+    let mut subscriber = RawClient::connect_with(broker.addr, {
+        let mut connect = connect_packet(ProtocolVersion::V5, "observer");
+        connect.username = Some(ByteString::from("alice"));
+        connect.password = Some(Bytes::from_static(b"s3cret"));
+        connect
+    })
+    .await
+    .0;
+    subscriber.subscribe("m/#", QoS::AtLeastOnce).await;
+    for version in ["mqttv311", "mqttv5"] {
+        let ok = run_client(
+            "mosquitto_pub",
+            &args(&[
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port,
+                "-V",
+                version,
+                "-u",
+                "alice",
+                "-P",
+                "s3cret",
+                "-t",
+                "m/ok",
+                "-m",
+                version,
+                "-q",
+                "1",
+            ]),
+        )
+        .await;
+        ok.assert_success("mosquitto_pub with the right password");
+        assert_eq!(
+            subscriber.recv_publish_and_ack().await.payload,
+            Bytes::from(version)
+        );
+        let refused = run_client(
+            "mosquitto_pub",
+            &args(&[
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port,
+                "-V",
+                version,
+                "-u",
+                "alice",
+                "-P",
+                "bad",
+                "-t",
+                "m/no",
+                "-m",
+                "x",
+            ]),
+        )
+        .await;
+        assert_ne!(refused.code, Some(0), "{refused:?}");
+    }
+    subscriber.expect_nothing(Duration::from_millis(300)).await;
+}
+
+#[tokio::test]
+async fn password_file_changes_apply_without_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let (broker, file) = broker_with_users(dir.path()).await;
+    let v5 = ProtocolVersion::V5;
+    assert_eq!(
+        connack(&broker, v5, Some("bob"), Some("pw-bob")).await,
+        ReasonCode::BadUserNameOrPassword
+    );
+    assert!(passwd(&file, &["add", "bob"], "pw-bob\n").await.0);
+    assert!(passwd(&file, &["remove", "alice"], "").await.0);
+    let broker_ref = &broker;
+    eventually(PROMPTLY, "bob accepted after the reload", || async move {
+        connack(broker_ref, v5, Some("bob"), Some("pw-bob")).await == ReasonCode::Success
+    })
+    .await;
+    assert_eq!(
+        connack(&broker, v5, Some("alice"), Some("s3cret")).await,
+        ReasonCode::BadUserNameOrPassword
+    );
+    // A broken file leaves the previous users in force.
+    std::fs::write(&file, "bob:not-a-hash\n").unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(
+        connack(&broker, v5, Some("bob"), Some("pw-bob")).await,
+        ReasonCode::Success
+    );
+}
+
+#[tokio::test]
+async fn without_an_auth_method_a_user_name_proves_nothing() {
+    // allow_anonymous = false and no [auth] method: every client is refused, user name or not.
+    let broker = TestBroker::start_with("[mqtt]\nallow_anonymous = false\n").await;
+    let v5 = ProtocolVersion::V5;
+    assert_eq!(
+        connack(&broker, v5, None, None).await,
+        ReasonCode::NotAuthorized
+    );
+    assert_eq!(
+        connack(&broker, v5, Some("anyone"), Some("x")).await,
+        ReasonCode::NotAuthorized
+    );
+}

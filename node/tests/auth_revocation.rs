@@ -1,0 +1,390 @@
+//! Revocation and limits: MQTT 5 enhanced authentication with SCRAM-SHA-256 (a client written
+//! here on `ring`, CONNECT/AUTH/CONNACK and re-authentication with AUTH 0x19), the ban list
+//! (CONNACK 0x8A, connected clients kicked within a second of `starling ban add`), and the
+//! per-client publish limits (throttling and DISCONNECT 0x96) and subscription quota.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::{num::NonZeroU32, time::Duration};
+
+use base64::{engine::general_purpose::STANDARD, Engine};
+use bytes::Bytes;
+use ring::{digest, hmac, pbkdf2};
+use starling_core::codec::{
+    Auth, AuthProperties, ByteString, Packet, ProtocolVersion, QoS, ReasonCode,
+};
+use starling_node::auth::{
+    bans::BanKind,
+    cli::{run_ban, run_passwd_with_input, BanCommand, PasswdArgs, PasswdCommand},
+};
+use support::{raw::connect_packet, Event, RawClient, TestBroker, PROMPTLY};
+
+const METHOD: &str = "SCRAM-SHA-256";
+
+/// The client half of SCRAM-SHA-256 (RFC 5802), written independently of the broker's.
+struct Scram {
+    bare: String,
+    nonce: String,
+    password: Vec<u8>,
+}
+
+fn hmac256(key: &[u8], data: &[u8]) -> Vec<u8> {
+    hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, key), data)
+        .as_ref()
+        .to_vec()
+}
+
+impl Scram {
+    fn new(user: &str, password: &str) -> (Scram, String) {
+        let nonce = STANDARD.encode(rand_bytes());
+        let bare = format!("n={user},r={nonce}");
+        let first = format!("n,,{bare}");
+        (
+            Scram {
+                bare,
+                nonce,
+                password: password.as_bytes().to_vec(),
+            },
+            first,
+        )
+    }
+
+    /// Returns client-final and the server-final to expect.
+    fn answer(&self, server_first: &str) -> (String, String) {
+        let field = |key: &str| {
+            server_first
+                .split(',')
+                .find_map(|kv| kv.strip_prefix(key))
+                .unwrap()
+                .to_string()
+        };
+        let nonce = field("r=");
+        assert!(nonce.starts_with(&self.nonce));
+        let salt = STANDARD.decode(field("s=")).unwrap();
+        let iterations: u32 = field("i=").parse().unwrap();
+        let mut salted = [0u8; 32];
+        pbkdf2::derive(
+            pbkdf2::PBKDF2_HMAC_SHA256,
+            NonZeroU32::new(iterations).unwrap(),
+            &salt,
+            &self.password,
+            &mut salted,
+        );
+        let client_key = hmac256(&salted, b"Client Key");
+        let stored_key = digest::digest(&digest::SHA256, &client_key);
+        let without_proof = format!("c=biws,r={nonce}");
+        let auth_message = format!("{},{server_first},{without_proof}", self.bare);
+        let signature = hmac256(stored_key.as_ref(), auth_message.as_bytes());
+        let proof: Vec<u8> = client_key
+            .iter()
+            .zip(&signature)
+            .map(|(k, s)| k ^ s)
+            .collect();
+        let server_key = hmac256(&salted, b"Server Key");
+        let server_signature = hmac256(&server_key, auth_message.as_bytes());
+        (
+            format!("{without_proof},p={}", STANDARD.encode(proof)),
+            format!("v={}", STANDARD.encode(server_signature)),
+        )
+    }
+}
+
+fn rand_bytes() -> [u8; 18] {
+    let mut bytes = [0u8; 18];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes).unwrap();
+    bytes
+}
+
+fn auth_packet(reason_code: ReasonCode, data: &str) -> Packet {
+    Packet::Auth(Auth {
+        reason_code,
+        properties: AuthProperties {
+            authentication_method: Some(ByteString::from(METHOD)),
+            authentication_data: Some(Bytes::copy_from_slice(data.as_bytes())),
+            ..AuthProperties::default()
+        },
+    })
+}
+
+fn auth_data(packet: &Packet) -> String {
+    let data = match packet {
+        Packet::Auth(auth) => auth.properties.authentication_data.clone(),
+        Packet::ConnAck(connack) => connack.properties.authentication_data.clone(),
+        other => panic!("expected AUTH or CONNACK, got {other:?}"),
+    };
+    String::from_utf8(data.unwrap_or_default().to_vec()).unwrap()
+}
+
+fn add_user(file: &std::path::Path, user: &str, password: &str) {
+    let args = PasswdArgs {
+        file: file.to_path_buf(),
+        command: PasswdCommand::Add {
+            user: user.to_string(),
+            scram: true,
+            scram_iterations: 4096,
+        },
+    };
+    let mut input = std::io::Cursor::new(format!("{password}\n").into_bytes());
+    run_passwd_with_input(&args, Some(&mut input), &mut Vec::new()).unwrap();
+}
+
+/// SCRAM at CONNECT; returns the client and the CONNACK reason code.
+async fn scram_connect(broker: &TestBroker, user: &str, password: &str) -> (RawClient, ReasonCode) {
+    let (scram, first) = Scram::new(user, password);
+    let mut connect = connect_packet(ProtocolVersion::V5, &format!("scram-{user}"));
+    connect.properties.authentication_method = Some(ByteString::from(METHOD));
+    connect.properties.authentication_data = Some(Bytes::from(first));
+    let mut client = RawClient::open(broker.addr).await;
+    client.send(Packet::Connect(Box::new(connect))).await;
+    let server_first = client.recv().await;
+    match &server_first {
+        Packet::Auth(auth) => assert_eq!(auth.reason_code, ReasonCode::ContinueAuthentication),
+        other => panic!("expected AUTH 0x18, got {other:?}"),
+    }
+    let (client_final, server_final) = scram.answer(&auth_data(&server_first));
+    client
+        .send(auth_packet(
+            ReasonCode::ContinueAuthentication,
+            &client_final,
+        ))
+        .await;
+    let connack = match client.recv().await {
+        Packet::ConnAck(connack) => connack,
+        other => panic!("expected CONNACK, got {other:?}"),
+    };
+    if connack.reason_code == ReasonCode::Success {
+        assert_eq!(
+            connack.properties.authentication_method.as_deref(),
+            Some(METHOD)
+        );
+        assert_eq!(
+            auth_data(&Packet::ConnAck(connack.clone())),
+            server_final,
+            "server signature"
+        );
+    }
+    (client, connack.reason_code)
+}
+
+#[tokio::test]
+async fn scram_sha_256_authenticates_and_reauthenticates() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("passwd");
+    add_user(&file, "alice", "s3cret");
+    let config = format!(
+        "[mqtt]\nallow_anonymous = false\n[auth]\npassword_file = \"{}\"\n[auth.scram]\nenabled = true\n",
+        file.display()
+    );
+    let broker = TestBroker::start_with(&config).await;
+    let (mut client, code) = scram_connect(&broker, "alice", "s3cret").await;
+    assert_eq!(code, ReasonCode::Success);
+    assert_eq!(
+        scram_connect(&broker, "alice", "wrong").await.1,
+        ReasonCode::BadUserNameOrPassword
+    );
+    assert_eq!(
+        scram_connect(&broker, "nobody", "s3cret").await.1,
+        ReasonCode::BadUserNameOrPassword
+    );
+    // Another method: 0x8C.
+    let mut connect = connect_packet(ProtocolVersion::V5, "other-method");
+    connect.properties.authentication_method = Some(ByteString::from("KERBEROS"));
+    let (_other, connack) = RawClient::connect_with(broker.addr, connect).await;
+    assert_eq!(connack.reason_code, ReasonCode::BadAuthenticationMethod);
+
+    // Re-authentication: AUTH 0x19, AUTH 0x18, AUTH 0x00; the session goes on.
+    client.subscribe("t", QoS::AtMostOnce).await;
+    let (scram, first) = Scram::new("alice", "s3cret");
+    client
+        .send(auth_packet(ReasonCode::ReAuthenticate, &first))
+        .await;
+    let server_first = client.recv().await;
+    let (client_final, server_final) = scram.answer(&auth_data(&server_first));
+    client
+        .send(auth_packet(
+            ReasonCode::ContinueAuthentication,
+            &client_final,
+        ))
+        .await;
+    match client.recv().await {
+        Packet::Auth(auth) => {
+            assert_eq!(auth.reason_code, ReasonCode::Success);
+            assert_eq!(auth_data(&Packet::Auth(auth)), server_final);
+        }
+        other => panic!("expected AUTH 0x00, got {other:?}"),
+    }
+    assert_eq!(
+        client.publish("t", QoS::AtMostOnce, b"still here").await,
+        ReasonCode::Success
+    );
+    assert_eq!(
+        client.recv_publish().await.payload,
+        Bytes::from_static(b"still here")
+    );
+    // A failed re-authentication ends the connection with DISCONNECT 0x87.
+    let (scram, first) = Scram::new("alice", "wrong");
+    client
+        .send(auth_packet(ReasonCode::ReAuthenticate, &first))
+        .await;
+    let server_first = client.recv().await;
+    let (client_final, _) = scram.answer(&auth_data(&server_first));
+    client
+        .send(auth_packet(
+            ReasonCode::ContinueAuthentication,
+            &client_final,
+        ))
+        .await;
+    client.expect_disconnect(ReasonCode::NotAuthorized).await;
+}
+
+#[tokio::test]
+async fn bans_refuse_new_clients_and_kick_connected_ones_within_a_second() {
+    let dir = tempfile::tempdir().unwrap();
+    let bans = dir.path().join("bans.toml");
+    let config = format!(
+        "[auth]\nban_file = \"{}\"\nreload_interval_ms = 250\n",
+        bans.display()
+    );
+    let broker = TestBroker::start_with(&config).await;
+    let mut victim = RawClient::connect_v5(broker.addr, "bad-car").await;
+    let mut bystander = RawClient::connect_v5(broker.addr, "good-car").await;
+    // Let the watcher take its first look at the (absent) file before it appears.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let ban = |kind, value: &str| BanCommand::Add {
+        kind,
+        value: value.to_string(),
+    };
+    run_ban(&ban(BanKind::ClientId, "bad-car"), &bans, &mut Vec::new()).unwrap();
+    let started = std::time::Instant::now();
+    match victim.next_event(Duration::from_secs(2)).await {
+        Event::Packet(Packet::Disconnect(disconnect)) => {
+            assert_eq!(disconnect.reason_code, ReasonCode::AdministrativeAction)
+        }
+        other => panic!("expected DISCONNECT 0x98, got {other:?}"),
+    }
+    assert!(
+        started.elapsed() <= Duration::from_secs(1),
+        "kicked after {:?}",
+        started.elapsed()
+    );
+    let (_refused, connack) =
+        RawClient::connect_with(broker.addr, connect_packet(ProtocolVersion::V5, "bad-car")).await;
+    assert_eq!(connack.reason_code, ReasonCode::Banned);
+    assert_eq!(
+        bystander.publish("x", QoS::AtLeastOnce, b"x").await,
+        ReasonCode::NoMatchingSubscribers
+    );
+    // An address ban covers everyone from 127.0.0.0/8; lifting it lets them back.
+    run_ban(
+        &ban(BanKind::Address, "127.0.0.0/8"),
+        &bans,
+        &mut Vec::new(),
+    )
+    .unwrap();
+    bystander
+        .expect_disconnect(ReasonCode::AdministrativeAction)
+        .await;
+    run_ban(
+        &BanCommand::Remove {
+            kind: BanKind::Address,
+            value: "127.0.0.0/8".to_string(),
+        },
+        &bans,
+        &mut Vec::new(),
+    )
+    .unwrap();
+    let addr = broker.addr;
+    support::eventually(PROMPTLY, "the address ban lifted", || async move {
+        let (_client, connack) =
+            RawClient::connect_with(addr, connect_packet(ProtocolVersion::V5, "good-car")).await;
+        connack.reason_code == ReasonCode::Success
+    })
+    .await;
+    let mut listing = Vec::new();
+    run_ban(&BanCommand::List, &bans, &mut listing).unwrap();
+    assert_eq!(String::from_utf8(listing).unwrap(), "client-id\tbad-car\n");
+}
+
+#[tokio::test]
+async fn publish_rate_is_throttled_by_not_reading() {
+    let broker =
+        TestBroker::start_with("[limits]\npublish_rate_per_sec = 20\npublish_burst = 5\n").await;
+    let mut subscriber = RawClient::connect_v5(broker.addr, "sub").await;
+    subscriber.subscribe("rate/#", QoS::AtMostOnce).await;
+    let mut publisher = RawClient::connect_v5(broker.addr, "pub").await;
+    let started = std::time::Instant::now();
+    for idx in 0..25u32 {
+        // QoS 1: each PUBACK waits for the broker to read the PUBLISH.
+        let code = publisher
+            .publish("rate/x", QoS::AtLeastOnce, &idx.to_be_bytes())
+            .await;
+        assert_eq!(code, ReasonCode::Success);
+    }
+    let elapsed = started.elapsed();
+    // 5 in the burst, 20 more at 20/s: about 1 s; nothing is lost.
+    assert!(
+        elapsed >= Duration::from_millis(850),
+        "25 publishes in {elapsed:?}"
+    );
+    assert!(
+        elapsed < Duration::from_secs(5),
+        "25 publishes in {elapsed:?}"
+    );
+    for idx in 0..25u32 {
+        assert_eq!(
+            subscriber.recv_publish().await.payload,
+            Bytes::copy_from_slice(&idx.to_be_bytes())
+        );
+    }
+}
+
+#[tokio::test]
+async fn publish_rate_disconnect_action_sends_0x96() {
+    let broker = TestBroker::start_with(
+        "[limits]\npublish_rate_per_sec = 5\npublish_burst = 3\nrate_exceeded_action = \"disconnect\"\n",
+    )
+    .await;
+    let mut publisher = RawClient::connect_v5(broker.addr, "flood").await;
+    for _ in 0..3 {
+        publisher.publish("f", QoS::AtMostOnce, b"x").await;
+    }
+    publisher
+        .send(Packet::Publish(support::raw::publish_packet(
+            "f",
+            QoS::AtMostOnce,
+            0,
+            b"x",
+        )))
+        .await;
+    publisher
+        .expect_disconnect(ReasonCode::MessageRateTooHigh)
+        .await;
+}
+
+#[tokio::test]
+async fn subscription_quota_answers_0x97() {
+    let broker = TestBroker::start_with("[mqtt]\nmax_subscriptions_per_session = 2\n").await;
+    let mut client = RawClient::connect_v5(broker.addr, "quota").await;
+    let options = support::raw::options(QoS::AtMostOnce);
+    let codes = client
+        .subscribe_with(
+            &[
+                ("a", options),
+                ("b", options),
+                ("c", options),
+                ("a", options),
+            ],
+            None,
+        )
+        .await;
+    assert_eq!(
+        codes,
+        vec![
+            ReasonCode::Success,
+            ReasonCode::Success,
+            ReasonCode::QuotaExceeded,
+            ReasonCode::Success
+        ]
+    );
+}
