@@ -177,7 +177,10 @@ pub(crate) async fn run_worker(
     let mut sent = Vec::with_capacity(num_publishing);
     let mut received_at_publish_end = None;
     let mut stop_received = false;
-    while sent.len() < num_publishing || received_at_publish_end.is_none() {
+    // Publishers report when they reach `max_messages` or the end of the duration; without
+    // publishers (idle connections) the duration is the measured phase.
+    while sent.len() < num_publishing || (num_publishing == 0 && received_at_publish_end.is_none())
+    {
         tokio::select! {
             done = publish_done_rx.recv() => match done {
                 Some(done) => sent.push(done),

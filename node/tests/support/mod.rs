@@ -7,9 +7,11 @@
 pub mod external;
 pub mod pki;
 pub mod poll;
+pub mod process;
 pub mod raw;
 pub mod stream;
 pub mod tls;
+pub mod wire;
 
 use std::{collections::HashMap, future::Future, net::SocketAddr, time::Duration};
 
