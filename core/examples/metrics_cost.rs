@@ -54,6 +54,7 @@ fn main() {
             qos: QoS::AtMostOnce,
             retain: false,
             subscription_ids: Default::default(),
+            stored: Default::default(),
         })
         .collect();
     for enabled in [false, true] {
