@@ -85,7 +85,7 @@ pub struct StorageWriterCounters {
     pub num_failures: AtomicU64,
 }
 
-/// Why [`StorageWriter::try_submit`] did not take a batch.
+/// Why [`StorageWriter::submit`] did not take a batch.
 #[derive(Debug, thiserror::Error)]
 pub enum SubmitError {
     /// The writer thread has stopped.
