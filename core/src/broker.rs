@@ -212,7 +212,9 @@ impl Broker {
             return ListenerId(idx as u16);
         }
         listeners.push(Arc::from(name));
-        ListenerId((listeners.len() - 1) as u16)
+        let id = ListenerId((listeners.len() - 1) as u16);
+        self.inner.metrics.register_listener(id, name);
+        id
     }
 
     /// Returns the name of a registered listener.

@@ -36,6 +36,39 @@ pub struct Message {
     pub expires_at: Option<Instant>,
     /// The publishing session, for No Local.
     pub publisher: SessionId,
+    /// When the broker received it, for the delivery latency histogram.
+    pub received_at: ReceivedAt,
+}
+
+/// When the broker received a message: microseconds since a process-wide zero point, so a
+/// message carries 8 bytes instead of a 16-byte `Instant`. Zero means unknown (a message
+/// recovered from storage); such messages are left out of the latency histogram.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ReceivedAt(u64);
+
+impl ReceivedAt {
+    /// No receipt time.
+    pub const UNKNOWN: ReceivedAt = ReceivedAt(0);
+
+    fn micros(now: Instant) -> u64 {
+        let since = now
+            .into_std()
+            .saturating_duration_since(crate::metrics::histogram::clock_epoch());
+        // Plus one: zero is kept for "unknown".
+        u64::try_from(since.as_micros())
+            .unwrap_or(u64::MAX - 1)
+            .saturating_add(1)
+    }
+
+    /// The receipt time `now`.
+    pub fn at(now: Instant) -> ReceivedAt {
+        ReceivedAt(Self::micros(now))
+    }
+
+    /// Microseconds from receipt to `now` (0 if `now` is earlier); `None` when unknown.
+    pub fn micros_until(self, now: Instant) -> Option<u64> {
+        (self.0 != 0).then(|| Self::micros(now).saturating_sub(self.0))
+    }
 }
 
 impl Message {

@@ -2,10 +2,42 @@
 //!
 //! Names follow `starling_<area>_<thing>_<unit|total>`; labels have bounded cardinality (never a
 //! client id or a topic). Without an installed recorder every handle is a no-op.
+//!
+//! - [`histogram`]: the fixed-bucket histograms of the hot paths (delivery latency, storage,
+//!   mailbox waits), rendered by the node.
+//! - [`striped`]: per-thread striped counters of the per-message paths (messages and bytes in
+//!   and out), summed into the recorder's counters when the node renders `/metrics`.
+
+pub mod histogram;
+pub mod striped;
+
+use std::sync::Arc;
 
 use metrics::{counter, gauge, Counter, Gauge};
+use parking_lot::RwLock;
 
-use crate::codec::ReasonCode;
+use self::{
+    histogram::{Histogram, HistogramSpec, LATENCY_BOUNDS_MICROS},
+    striped::StripedCounter,
+};
+use crate::{codec::ReasonCode, message::Delivery, transport::ListenerId};
+
+/// `starling_message_delivery_latency_seconds`.
+pub static DELIVERY_LATENCY: HistogramSpec = HistogramSpec {
+    name: "starling_message_delivery_latency_seconds",
+    help:
+        "Time from receiving a PUBLISH to writing its delivery into a subscriber's socket buffer.",
+    bounds: LATENCY_BOUNDS_MICROS,
+    units_per_exported_unit: 1e6,
+};
+
+/// `starling_actor_mailbox_wait_seconds{actor}`.
+pub static MAILBOX_WAIT: HistogramSpec = HistogramSpec {
+    name: "starling_actor_mailbox_wait_seconds",
+    help: "Time a periodic tick message waited in an actor's mailbox before it was handled.",
+    bounds: LATENCY_BOUNDS_MICROS,
+    units_per_exported_unit: 1e6,
+};
 
 /// Why a connection closed: the `reason` label of `starling_connections_closed_total`.
 ///
@@ -104,6 +136,99 @@ impl ClosedConnectionCounters {
     }
 }
 
+/// Why a CONNECT failed authentication: the `reason` label of `starling_auth_failures_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthFailure {
+    /// No username, and `mqtt.allow_anonymous = false`.
+    AnonymousDenied,
+    /// Wrong username or password, or an unknown client certificate.
+    BadCredentials,
+    /// An MQTT 5 authentication method the broker does not support.
+    UnsupportedMethod,
+    /// The identity is known but may not connect (banned, not allowed on this listener).
+    NotAuthorized,
+    /// The authentication backend failed or timed out.
+    BackendError,
+}
+
+impl AuthFailure {
+    /// Every reason, in label order.
+    pub const ALL: [AuthFailure; 5] = [
+        AuthFailure::AnonymousDenied,
+        AuthFailure::BadCredentials,
+        AuthFailure::UnsupportedMethod,
+        AuthFailure::NotAuthorized,
+        AuthFailure::BackendError,
+    ];
+
+    /// Returns the label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            AuthFailure::AnonymousDenied => "anonymous_denied",
+            AuthFailure::BadCredentials => "bad_credentials",
+            AuthFailure::UnsupportedMethod => "unsupported_method",
+            AuthFailure::NotAuthorized => "not_authorized",
+            AuthFailure::BackendError => "backend_error",
+        }
+    }
+}
+
+/// `starling_auth_successes_total` and `starling_auth_failures_total{reason}`.
+#[derive(Clone)]
+pub struct AuthCounters {
+    successes: Counter,
+    failures: [Counter; AuthFailure::ALL.len()],
+}
+
+impl AuthCounters {
+    fn register() -> AuthCounters {
+        AuthCounters {
+            successes: counter!("starling_auth_successes_total"),
+            failures: AuthFailure::ALL
+                .map(|reason| counter!("starling_auth_failures_total", "reason" => reason.label())),
+        }
+    }
+
+    /// Counts a CONNECT that passed authentication (anonymous ones included, when allowed).
+    pub fn succeeded(&self) {
+        self.successes.increment(1);
+    }
+
+    /// Counts a CONNECT refused by authentication.
+    pub fn failed(&self, reason: AuthFailure) {
+        self.failures[reason as usize].increment(1);
+    }
+}
+
+/// Connection figures of one listener (`listener` label: the listener's configured name).
+#[derive(Clone)]
+struct ListenerMetrics {
+    opened: Counter,
+}
+
+/// Counters of one kind of actor (`actor` label).
+#[derive(Clone)]
+pub struct ActorMetrics {
+    /// `starling_actor_messages_handled_total{actor}`.
+    pub handled: Counter,
+    /// `starling_actor_mailbox_wait_seconds{actor}`: how long the periodic tick waited.
+    pub mailbox_wait: Histogram,
+}
+
+impl ActorMetrics {
+    fn register(actor: &'static str) -> ActorMetrics {
+        ActorMetrics {
+            handled: counter!("starling_actor_messages_handled_total", "actor" => actor),
+            mailbox_wait: histogram::register(&MAILBOX_WAIT, &[("actor", actor)]),
+        }
+    }
+
+    /// Counts a tick sent at `sent_at` that is being handled now.
+    pub fn tick_handled(&self, sent_at: tokio::time::Instant) {
+        self.mailbox_wait.record_duration(sent_at.elapsed());
+    }
+}
+
 /// Counters and gauges the connection tasks, the router and the registry update.
 #[derive(Clone)]
 pub struct BrokerMetrics {
@@ -115,26 +240,26 @@ pub struct BrokerMetrics {
     pub connections_current: Gauge,
     /// `starling_protocol_errors_total`: connections closed for malformed or illegal input.
     pub protocol_errors: Counter,
-    /// `starling_messages_received_total{qos}`.
-    pub messages_received: [Counter; 3],
-    /// `starling_messages_sent_total{qos}`.
-    pub messages_sent: [Counter; 3],
-    /// `starling_bytes_received_total`.
-    pub bytes_received: Counter,
-    /// `starling_bytes_sent_total`.
-    pub bytes_sent: Counter,
-    /// `starling_messages_dropped_total{reason="queue_full"}`.
-    pub dropped_queue_full: Counter,
-    /// `starling_messages_dropped_total{reason="offline_qos0"}`.
-    pub dropped_offline_qos0: Counter,
-    /// `starling_messages_dropped_total{reason="expired"}`.
-    pub dropped_expired: Counter,
-    /// `starling_messages_dropped_total{reason="too_large"}`.
-    pub dropped_too_large: Counter,
-    /// `starling_messages_dropped_total{reason="no_subscribers"}`.
-    pub dropped_no_subscribers: Counter,
-    /// `starling_messages_dropped_total{reason="not_authorized"}`.
-    pub dropped_not_authorized: Counter,
+    /// `starling_messages_received_total{qos}` (striped: counted once per message).
+    pub messages_received: [StripedCounter; 3],
+    /// `starling_messages_sent_total{qos}` (striped).
+    pub messages_sent: [StripedCounter; 3],
+    /// `starling_bytes_received_total` (striped: counted once per read).
+    pub bytes_received: StripedCounter,
+    /// `starling_bytes_sent_total` (striped: counted once per write).
+    pub bytes_sent: StripedCounter,
+    /// `starling_messages_dropped_total{reason="queue_full"}` (striped).
+    pub dropped_queue_full: StripedCounter,
+    /// `starling_messages_dropped_total{reason="offline_qos0"}` (striped).
+    pub dropped_offline_qos0: StripedCounter,
+    /// `starling_messages_dropped_total{reason="expired"}` (striped).
+    pub dropped_expired: StripedCounter,
+    /// `starling_messages_dropped_total{reason="too_large"}` (striped).
+    pub dropped_too_large: StripedCounter,
+    /// `starling_messages_dropped_total{reason="no_subscribers"}` (striped).
+    pub dropped_no_subscribers: StripedCounter,
+    /// `starling_messages_dropped_total{reason="not_authorized"}` (striped).
+    pub dropped_not_authorized: StripedCounter,
     /// `starling_sessions_expired_total`.
     pub sessions_expired: Counter,
     /// `starling_sessions_taken_over_total`.
@@ -143,30 +268,41 @@ pub struct BrokerMetrics {
     pub wills_published: Counter,
     /// `starling_acl_denied_total{action}`, `starling_limits_exceeded_total{limit}`.
     pub security: crate::auth::SecurityMetrics,
+    /// `starling_message_delivery_latency_seconds`.
+    pub delivery_latency: Histogram,
+    /// `starling_auth_successes_total`, `starling_auth_failures_total{reason}`.
+    pub auth: AuthCounters,
+    /// `starling_listener_connections_*{listener}`, indexed by [`ListenerId`].
+    listeners: Arc<RwLock<Vec<Option<ListenerMetrics>>>>,
+    /// Topic shard actors (`actor="topic_shard"`).
+    pub topic_shards: ActorMetrics,
+    /// `starling_actor_mailbox_depth{actor="topic_shard"}`: messages sent to topic shards and
+    /// not yet handled.
+    pub topic_shard_mailbox_depth: Gauge,
+    /// Session registry shard actors (`actor="registry_shard"`).
+    pub registry_shards: ActorMetrics,
+    /// `starling_actor_failures_total` (incremented by the supervisor; registered here so the
+    /// series exists from the start).
+    pub actor_failures: Counter,
 }
 
 impl BrokerMetrics {
     /// Registers every handle with the installed recorder (or no-ops without one).
     pub fn register() -> BrokerMetrics {
-        let dropped =
-            |reason: &'static str| counter!("starling_messages_dropped_total", "reason" => reason);
+        let dropped = |reason: &'static str| {
+            striped::counter("starling_messages_dropped_total", &[("reason", reason)])
+        };
         BrokerMetrics {
             connections_opened: counter!("starling_connections_opened_total"),
             connections_closed: ClosedConnectionCounters::register(),
             connections_current: gauge!("starling_connections_current"),
             protocol_errors: counter!("starling_protocol_errors_total"),
-            messages_received: [
-                counter!("starling_messages_received_total", "qos" => "0"),
-                counter!("starling_messages_received_total", "qos" => "1"),
-                counter!("starling_messages_received_total", "qos" => "2"),
-            ],
-            messages_sent: [
-                counter!("starling_messages_sent_total", "qos" => "0"),
-                counter!("starling_messages_sent_total", "qos" => "1"),
-                counter!("starling_messages_sent_total", "qos" => "2"),
-            ],
-            bytes_received: counter!("starling_bytes_received_total"),
-            bytes_sent: counter!("starling_bytes_sent_total"),
+            messages_received: ["0", "1", "2"]
+                .map(|qos| striped::counter("starling_messages_received_total", &[("qos", qos)])),
+            messages_sent: ["0", "1", "2"]
+                .map(|qos| striped::counter("starling_messages_sent_total", &[("qos", qos)])),
+            bytes_received: striped::counter("starling_bytes_received_total", &[]),
+            bytes_sent: striped::counter("starling_bytes_sent_total", &[]),
             dropped_queue_full: dropped("queue_full"),
             dropped_offline_qos0: dropped("offline_qos0"),
             dropped_expired: dropped("expired"),
@@ -177,6 +313,60 @@ impl BrokerMetrics {
             sessions_taken_over: counter!("starling_sessions_taken_over_total"),
             wills_published: counter!("starling_wills_published_total"),
             security: crate::auth::SecurityMetrics::register(),
+            delivery_latency: histogram::register(&DELIVERY_LATENCY, &[]),
+            auth: AuthCounters::register(),
+            // The broker's listener 0 is `default` until the node names its listeners.
+            listeners: Arc::new(RwLock::new(vec![Some(ListenerMetrics::register(
+                "default",
+            ))])),
+            topic_shards: ActorMetrics::register("topic_shard"),
+            topic_shard_mailbox_depth: gauge!("starling_actor_mailbox_depth", "actor" => "topic_shard"),
+            registry_shards: ActorMetrics::register("registry_shard"),
+            actor_failures: counter!("starling_actor_failures_total"),
+        }
+    }
+
+    /// Records the latency of a delivery written to the socket buffer at `now`: from the
+    /// message's receipt to now. Retained messages sent on subscribe (RETAIN set) are left out,
+    /// since their age is not a latency.
+    #[inline]
+    pub fn observe_delivery(&self, delivery: &Delivery, now: tokio::time::Instant) {
+        if delivery.retain || !histogram::is_enabled() {
+            return;
+        }
+        if let Some(micros) = delivery.message.received_at.micros_until(now) {
+            self.delivery_latency.record(micros);
+        }
+    }
+
+    /// Names listener `id` for the per-listener figures (called when the broker registers it).
+    pub fn register_listener(&self, id: ListenerId, name: &str) {
+        let mut listeners = self.listeners.write();
+        let idx = usize::from(id.0);
+        if listeners.len() <= idx {
+            listeners.resize(idx + 1, None);
+        }
+        listeners[idx] = Some(ListenerMetrics::register(name));
+    }
+
+    /// Counts a connection accepted on `listener`.
+    pub fn listener_connection_opened(&self, listener: ListenerId) {
+        if let Some(Some(metrics)) = self.listeners.read().get(usize::from(listener.0)) {
+            metrics.opened.increment(1);
+        }
+    }
+
+    /// Counts a connection of `listener` that closed. The open-connection gauge
+    /// (`starling_listener_connections_current`) is kept by the node's listener, which also
+    /// counts handshakes in progress.
+    pub fn listener_connection_closed(&self, _listener: ListenerId) {}
+}
+
+impl ListenerMetrics {
+    fn register(name: &str) -> ListenerMetrics {
+        let name = name.to_owned();
+        ListenerMetrics {
+            opened: counter!("starling_listener_connections_opened_total", "listener" => name),
         }
     }
 }

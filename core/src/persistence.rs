@@ -210,6 +210,8 @@ impl Persistence {
             properties,
             expires_at,
             publisher: SessionId::SYSTEM,
+            // Its age before the restart is not a delivery latency.
+            received_at: crate::message::ReceivedAt::UNKNOWN,
         })
     }
 

@@ -81,7 +81,8 @@ pub(crate) enum RegistryMessage {
         client_id: ByteString,
         epoch: u64,
     },
-    Tick,
+    /// The periodic timer tick, with the time it was sent (for the mailbox wait histogram).
+    Tick(Instant),
     KickAll(ReasonCode, RpcReplyPort<usize>),
     Count(RpcReplyPort<(usize, usize)>),
     /// A connection finished CONNECT: its details, for operators.
@@ -168,7 +169,7 @@ impl Actor for RegistryShard {
         myself: ActorRef<Self::Msg>,
         _: (),
     ) -> Result<Self::State, ActorProcessingErr> {
-        myself.send_interval(REGISTRY_TICK, || RegistryMessage::Tick);
+        myself.send_interval(REGISTRY_TICK, || RegistryMessage::Tick(Instant::now()));
         Ok(RegistryShardState {
             sessions: HashMap::new(),
             next_epoch: 1,
@@ -182,6 +183,7 @@ impl Actor for RegistryShard {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         let context = &self.context;
+        context.metrics.registry_shards.handled.increment(1);
         match message {
             RegistryMessage::Register(client_id, clean_start, protocol, reply) => {
                 let epoch = state.next_epoch;
@@ -261,7 +263,8 @@ impl Actor for RegistryShard {
                     }
                 }
             }
-            RegistryMessage::Tick => {
+            RegistryMessage::Tick(sent_at) => {
+                context.metrics.registry_shards.tick_handled(sent_at);
                 let now = Instant::now();
                 let now_ms = now.duration_since(context.epoch).as_millis() as u64;
                 let mut expired = Vec::new();

@@ -94,7 +94,10 @@ impl Router {
             let table = Arc::new(RwLock::new(ShardTable::default()));
             let (actor, _join) = Actor::spawn_linked(
                 None,
-                TopicShard { shard_idx },
+                TopicShard {
+                    shard_idx,
+                    metrics: metrics.clone(),
+                },
                 table.clone(),
                 supervisor.clone(),
             )
@@ -203,7 +206,11 @@ impl Router {
                 session_id,
                 filters,
             };
+            // Counted before the send, so the handler's decrement never comes first.
+            let depth = &self.inner.metrics.topic_shard_mailbox_depth;
+            depth.increment(1.0);
             if let Err(error) = self.inner.shards[shard_idx].actor.cast(message) {
+                depth.decrement(1.0);
                 tracing::error!(%error, shard_idx, "topic shard unavailable");
             }
         }

@@ -137,6 +137,20 @@ pub enum StorageError {
         /// What the backend reported.
         reason: String,
     },
+    /// The sled store at `path` holds a corrupt log, which sled 0.34 rewrote while opening it
+    /// (it cannot be opened without writing); the broker refuses to run on it.
+    #[error(
+        "cannot open the sled store at {}: {reason}; sled rewrites a corrupt log while opening \
+         it, so the original bytes are gone: restore the directory from a backup, or move it \
+         aside to start with an empty store",
+        path.display()
+    )]
+    SledLogRewritten {
+        /// The sled directory.
+        path: PathBuf,
+        /// What was found.
+        reason: String,
+    },
     /// A read or write failed in the backend.
     #[error("{engine} store failed: {reason}")]
     Backend {

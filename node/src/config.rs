@@ -592,37 +592,6 @@ mod tests {
         );
     }
 
-    /// The plain Kubernetes manifest's `starling.toml`, minus the tables the cluster work has
-    /// not wired into the node yet, loads: the deploy files and the node agree on every key.
-    #[test]
-    fn deploy_configmap_loads_except_the_cluster_tables() {
-        let manifest = include_str!("../../deploy/k8s/configmap.yaml");
-        let mut toml_text = String::new();
-        let mut in_file = false;
-        let mut skipping = false;
-        for line in manifest.lines() {
-            if line.trim_start().starts_with("starling.toml: |") {
-                in_file = true;
-                continue;
-            }
-            if !in_file {
-                continue;
-            }
-            let line = line.strip_prefix("    ").unwrap_or(line);
-            if line.starts_with('[') {
-                skipping = line == "[listeners.peer]" || line == "[cluster]";
-            }
-            if !skipping {
-                toml_text.push_str(line);
-                toml_text.push('\n');
-            }
-        }
-        let config = load_node_config(&toml_text, "deploy/k8s/configmap.yaml", &HashMap::new())
-            .unwrap_or_else(|error| panic!("{error}\n{toml_text}"));
-        assert_eq!(config.admin.bind, "0.0.0.0:8080".parse().unwrap());
-        assert_eq!(config.log_format, LogFormat::Json);
-    }
-
     #[test]
     fn unknown_admin_key_is_refused() {
         let text = "version = \"1\"\n[admin]\nport = 8080\n";

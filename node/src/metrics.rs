@@ -5,105 +5,30 @@
 //! figures that are cheaper to read than to maintain (session counts, queue depths, process
 //! figures) are sampled here when `/metrics` is scraped.
 //!
+//! The core's hot-path histograms ([`starling_core::metrics::histogram`]) are fixed-bucket
+//! counters of their own; `render` appends them to the recorder's output.
+//!
+//! - [`table`]: every metric with its type, labels and meaning ([`METRICS`]).
 //! - [`process`]: RSS, CPU, file descriptors from `/proc/self`.
 //! - [`text`]: a strict parser of the exposition format, for `$SYS` and tests.
 
 pub mod process;
+pub mod table;
 pub mod text;
 
-use std::sync::OnceLock;
+use std::{fmt::Write, sync::OnceLock};
 
 use metrics::{describe_counter, describe_gauge, gauge};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
-use starling_core::Broker;
+use starling_core::{
+    metrics::{histogram, striped},
+    Broker,
+};
 
-use self::MetricKind::{Counter, Gauge, Histogram};
+pub use table::{MetricDoc, MetricKind, Presence, METRICS};
 
-/// Prometheus type of a metric.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MetricKind {
-    /// Only goes up (resets on restart).
-    Counter,
-    /// Goes up and down.
-    Gauge,
-    /// A distribution of observations (exported as a summary: quantiles, `_sum`, `_count`).
-    Histogram,
-}
-
-/// One exported metric, as documented in `docs/metrics.md`.
-#[derive(Debug, Clone, Copy)]
-pub struct MetricDoc {
-    /// Metric name.
-    pub name: &'static str,
-    /// Prometheus type.
-    pub kind: MetricKind,
-    /// Label names (all of bounded cardinality: never a client id or a topic).
-    pub labels: &'static [&'static str],
-    /// What it measures.
-    pub help: &'static str,
-}
-
-const fn doc(
-    name: &'static str,
-    kind: MetricKind,
-    labels: &'static [&'static str],
-    help: &'static str,
-) -> MetricDoc {
-    MetricDoc {
-        name,
-        kind,
-        labels,
-        help,
-    }
-}
-
-/// Every metric the node exports.
-pub const METRICS: &[MetricDoc] = &[
-    doc("starling_build_info", Gauge, &["version", "profile"], "Always 1; the labels name the build."),
-    doc("starling_ready", Gauge, &[], "1 while the node accepts clients (/readyz is 200), 0 while starting or draining."),
-    doc("starling_connections_current", Gauge, &[], "Open client connections, including those still before CONNECT."),
-    doc("starling_connections_opened_total", Counter, &[], "Accepted TCP connections."),
-    doc("starling_connections_closed_total", Counter, &["reason"], "Closed connections by reason (see docs/metrics.md for the reason codes)."),
-    doc("starling_protocol_errors_total", Counter, &[], "Connections closed for malformed or illegal input."),
-    doc("starling_sessions_online", Gauge, &[], "Sessions with a connected client (sampled at scrape)."),
-    doc("starling_sessions_offline", Gauge, &[], "Persistent sessions without a connection (sampled at scrape)."),
-    doc("starling_session_queued_messages", Gauge, &[], "Messages queued in session mailboxes, not yet sent (sampled at scrape)."),
-    doc("starling_wills_pending", Gauge, &[], "Delayed wills waiting for their delay or session end (sampled at scrape)."),
-    doc("starling_sessions_expired_total", Counter, &[], "Sessions ended because their expiry interval passed."),
-    doc("starling_sessions_taken_over_total", Counter, &[], "Sessions taken over by a new connection with the same client id."),
-    doc("starling_wills_published_total", Counter, &[], "Will messages published."),
-    doc("starling_subscriptions", Gauge, &["shard"], "Subscriptions per topic shard (updated every 5 s)."),
-    doc("starling_shared_subscription_groups", Gauge, &[], "Shared-subscription groups ($share/{group}/{filter}) (sampled at scrape)."),
-    doc("starling_retained_messages", Gauge, &["shard"], "Retained messages per topic shard (updated every 5 s)."),
-    doc("starling_storage_batches_total", Counter, &[], "Write batches committed by the storage thread."),
-    doc("starling_storage_flushes_total", Counter, &[], "Durable flushes (syncs) of the store."),
-    doc("starling_storage_failures_total", Counter, &[], "Failed applies or flushes; after the first the broker stops."),
-    doc("starling_storage_group_batches", Histogram, &[], "Batches per group commit (one flush for many writes)."),
-    doc("starling_storage_flush_duration_seconds", Histogram, &[], "Time one durable flush of the store took."),
-    doc("starling_messages_received_total", Counter, &["qos"], "PUBLISH packets received from clients, by QoS."),
-    doc("starling_messages_sent_total", Counter, &["qos"], "PUBLISH packets sent to clients, by QoS (retransmissions excluded)."),
-    doc("starling_bytes_received_total", Counter, &[], "Bytes read from client sockets."),
-    doc("starling_bytes_sent_total", Counter, &[], "Bytes written to client sockets."),
-    doc("starling_messages_dropped_total", Counter, &["reason"], "Messages not delivered, by reason: queue_full, offline_qos0, expired, too_large, no_subscribers, not_authorized."),
-    doc("starling_auth_attempts_total", Counter, &["method", "result"], "CONNECT authentications by method (anonymous, password, jwt, http, scram, certificate) and result (success, bad_credentials, not_authorized, banned, unavailable)."),
-    doc("starling_auth_revocations_total", Counter, &["reason"], "Connections closed by the broker because a ban now matches (banned) or their credentials expired (expired)."),
-    doc("starling_auth_hook_requests_total", Counter, &["result", "cached"], "HTTP hook decisions (allow, deny, error), from the cache or not."),
-    doc("starling_auth_reloads_total", Counter, &["file", "result"], "Reloads of the password, ACL, ban and JWT key files, successful or failed (the old content stays)."),
-    doc("starling_acl_denied_total", Counter, &["action"], "ACL denials by action: publish (incl. wills at CONNECT), subscribe, read (deliveries and retained messages through partly granted subscriptions)."),
-    doc("starling_limits_exceeded_total", Counter, &["limit"], "Per-client limits hit: publish_rate, publish_bytes, subscriptions, packet_size, topic_levels, receive_maximum, topic_alias."),
-    doc("starling_listener_connections_current", Gauge, &["listener"], "Open connections of each MQTT listener, handshakes included."),
-    doc("starling_listener_connections_refused_total", Counter, &["listener", "reason"], "Connections closed right after accept by a listener's limits, by reason: max_connections, rate_limit."),
-    doc("starling_listener_handshake_failures_total", Counter, &["listener", "reason"], "TLS handshakes and WebSocket upgrades that failed, by reason: timeout, client_certificate, tls, websocket."),
-    doc("starling_tls_reloads_total", Counter, &["listener", "result"], "Reloads of a TLS listener's files (SIGHUP or a change), by result: success, failure."),
-    doc("starling_tls_certificate_expiry_timestamp_seconds", Gauge, &["listener"], "End of validity of the server certificate a TLS listener uses, seconds since the Unix epoch."),
-    doc("process_cpu_seconds_total", Gauge, &[], "User and system CPU time of the process, seconds (typed gauge: it is set, not incremented)."),
-    doc("process_resident_memory_bytes", Gauge, &[], "Resident set size."),
-    doc("process_virtual_memory_bytes", Gauge, &[], "Virtual memory size."),
-    doc("process_open_fds", Gauge, &[], "Open file descriptors, client sockets included."),
-    doc("process_max_fds", Gauge, &[], "Soft limit on open file descriptors."),
-    doc("process_threads", Gauge, &[], "Threads of the process."),
-    doc("process_start_time_seconds", Gauge, &[], "Start time of the process, seconds since the Unix epoch."),
-];
+/// Commit the binary was built from (`unknown` when built without git).
+pub const BUILD_COMMIT: &str = env!("STARLING_BUILD_COMMIT");
 
 static RECORDER: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
@@ -117,6 +42,7 @@ pub fn install_prometheus_recorder() -> Option<PrometheusHandle> {
         .get_or_init(|| match PrometheusBuilder::new().install_recorder() {
             Ok(handle) => {
                 describe_all();
+                striped::enable();
                 let profile = if cfg!(debug_assertions) {
                     "debug"
                 } else {
@@ -125,7 +51,9 @@ pub fn install_prometheus_recorder() -> Option<PrometheusHandle> {
                 gauge!(
                     "starling_build_info",
                     "version" => env!("CARGO_PKG_VERSION"),
-                    "profile" => profile
+                    "commit" => BUILD_COMMIT,
+                    "profile" => profile,
+                    "rustc" => env!("STARLING_BUILD_RUSTC")
                 )
                 .set(1.0);
                 Some(handle)
@@ -143,7 +71,8 @@ fn describe_all() {
         match metric.kind {
             MetricKind::Counter => describe_counter!(metric.name, metric.help),
             MetricKind::Gauge => describe_gauge!(metric.name, metric.help),
-            MetricKind::Histogram => metrics::describe_histogram!(metric.name, metric.help),
+            // Rendered with their help text by `render`.
+            MetricKind::Histogram => {}
         }
     }
 }
@@ -184,50 +113,270 @@ pub(crate) async fn sample_gauges(broker: &Broker, ready: bool) {
     }
 }
 
-/// Renders the exposition text (after the exporter's periodic upkeep).
+/// Renders the exposition text (after the exporter's periodic upkeep), followed by the core's
+/// fixed-bucket histograms.
 pub(crate) fn render(handle: &PrometheusHandle) -> String {
+    striped::sync_all();
     handle.run_upkeep();
-    handle.render()
+    let mut text = handle.render();
+    render_histograms(&histogram::snapshot_all(), &mut text);
+    text
+}
+
+/// Appends histograms in the exposition format; one `# HELP`/`# TYPE` per family.
+fn render_histograms(snapshots: &[histogram::HistogramSnapshot], out: &mut String) {
+    let mut previous = "";
+    for snapshot in snapshots {
+        if snapshot.name != previous {
+            previous = snapshot.name;
+            let _ = writeln!(out, "# HELP {} {}", snapshot.name, snapshot.help);
+            let _ = writeln!(out, "# TYPE {} histogram", snapshot.name);
+        }
+        let mut labels = String::new();
+        for (name, value) in &snapshot.labels {
+            let value = value
+                .replace('\\', "\\\\")
+                .replace('"', "\\\"")
+                .replace('\n', "\\n");
+            let _ = write!(labels, "{name}=\"{value}\",");
+        }
+        for (bound, count) in &snapshot.buckets {
+            let le = if bound.is_infinite() {
+                "+Inf".to_owned()
+            } else {
+                bound.to_string()
+            };
+            let _ = writeln!(
+                out,
+                "{}_bucket{{{labels}le=\"{le}\"}} {count}",
+                snapshot.name
+            );
+        }
+        let labels = labels.trim_end_matches(',');
+        let braces = if labels.is_empty() {
+            String::new()
+        } else {
+            format!("{{{labels}}}")
+        };
+        let _ = writeln!(out, "{}_sum{braces} {}", snapshot.name, snapshot.sum);
+        let _ = writeln!(out, "{}_count{braces} {}", snapshot.name, snapshot.count);
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn every_metric_is_documented_in_docs_metrics_md() {
+    /// The rows of the metric tables of docs/metrics.md: name, type, labels.
+    fn documented_rows() -> Vec<(String, String, Vec<String>)> {
         let docs = include_str!("../../docs/metrics.md");
+        let mut rows = Vec::new();
+        for line in docs.lines() {
+            let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+            if cells.len() < 5 {
+                continue;
+            }
+            let name = cells[1].trim_matches('`');
+            if !(name.starts_with("starling_") || name.starts_with("process_")) {
+                continue;
+            }
+            let labels = cells[3]
+                .split(',')
+                .map(|label| label.trim().trim_matches('`').to_owned())
+                .filter(|label| !label.is_empty())
+                .collect();
+            rows.push((name.to_owned(), cells[2].to_owned(), labels));
+        }
+        rows
+    }
+
+    #[test]
+    fn docs_metrics_md_has_one_row_per_metric_with_its_type_and_labels() {
+        let rows = documented_rows();
         for metric in METRICS {
-            assert!(
-                docs.contains(&format!("`{}`", metric.name)),
-                "{} is missing from docs/metrics.md",
+            let matching: Vec<_> = rows.iter().filter(|row| row.0 == metric.name).collect();
+            assert_eq!(
+                matching.len(),
+                1,
+                "rows of {} in docs/metrics.md",
                 metric.name
+            );
+            let (_, kind, labels) = matching[0];
+            assert_eq!(kind, metric.kind.type_name(), "type of {}", metric.name);
+            assert_eq!(labels, &metric.labels.to_vec(), "labels of {}", metric.name);
+        }
+        for (name, _, _) in &rows {
+            assert!(
+                table::find(name).is_some(),
+                "docs/metrics.md documents {name}, which METRICS does not list"
             );
         }
     }
 
-    #[test]
-    fn the_grafana_dashboard_uses_only_exported_metrics() {
-        let dashboard = include_str!("../../deploy/grafana/starling-dashboard.json");
-        let mut num_references = 0;
-        for (idx, _) in dashboard
-            .match_indices("starling_")
-            .chain(dashboard.match_indices("process_"))
-        {
-            let name: String = dashboard[idx..]
-                .chars()
-                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-                .collect();
-            if name == "starling_" {
-                continue;
+    fn rust_sources(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                rust_sources(&path, out);
+            } else if path.extension().is_some_and(|ext| ext == "rs") {
+                out.push(path);
             }
-            num_references += 1;
+        }
+    }
+
+    /// Every metric name the code registers (a string literal `"starling_..."`) is in the table,
+    /// hence in docs/metrics.md.
+    #[test]
+    fn every_metric_name_in_the_code_is_in_the_table() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let mut files = Vec::new();
+        for krate in ["core", "node", "bridges", "cluster", "proto"] {
+            rust_sources(&root.join(krate).join("src"), &mut files);
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for file in &files {
+            let text = std::fs::read_to_string(file).unwrap();
+            for prefix in ["\"starling_", "\"process_"] {
+                for (idx, _) in text.match_indices(prefix) {
+                    let rest = &text[idx + 1..];
+                    let len = rest
+                        .find(|c: char| !(c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'))
+                        .unwrap_or(rest.len());
+                    let name = &rest[..len];
+                    let is_whole_literal = rest[len..].starts_with('"');
+                    if is_whole_literal
+                        && !name.ends_with('_')
+                        && !name.starts_with("starling_test_")
+                    {
+                        names.insert((name.to_owned(), file.clone()));
+                    }
+                }
+            }
+        }
+        assert!(names.len() > 40, "found only {names:?}");
+        for (name, file) in names {
             assert!(
-                METRICS.iter().any(|metric| metric.name == name),
-                "the dashboard queries {name}, which is not exported"
+                table::find(table::family_of(&name)).is_some(),
+                "{} registers {name}, which is not in METRICS and docs/metrics.md",
+                file.display()
             );
         }
-        assert!(num_references > 20, "{num_references}");
+    }
+
+    /// Metric names a PromQL expression refers to (histogram series map to their family).
+    fn metric_names_in(expr: &str) -> Vec<String> {
+        let mut names = Vec::new();
+        for prefix in ["starling_", "process_"] {
+            for (idx, _) in expr.match_indices(prefix) {
+                if idx > 0 && expr[..idx].ends_with(|c: char| c.is_ascii_alphanumeric() || c == '_')
+                {
+                    continue;
+                }
+                let name: String = expr[idx..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                names.push(table::family_of(&name).to_owned());
+            }
+        }
+        names
+    }
+
+    fn collect_exprs(value: &serde_json::Value, out: &mut Vec<String>) {
+        match value {
+            serde_json::Value::Object(map) => {
+                for (key, value) in map {
+                    match (key.as_str(), value) {
+                        // Panel queries, and the template variables' queries.
+                        ("expr" | "definition", serde_json::Value::String(expr)) => {
+                            out.push(expr.clone());
+                        }
+                        _ => collect_exprs(value, out),
+                    }
+                }
+            }
+            serde_json::Value::Array(items) => {
+                items.iter().for_each(|item| collect_exprs(item, out))
+            }
+            _ => {}
+        }
+    }
+
+    #[test]
+    fn the_grafana_dashboard_is_valid_json_and_queries_only_documented_metrics() {
+        let text = include_str!("../../deploy/grafana/starling-dashboard.json");
+        let dashboard: serde_json::Value = serde_json::from_str(text).expect("valid JSON");
+        let docs: std::collections::BTreeSet<String> =
+            documented_rows().into_iter().map(|row| row.0).collect();
+        let mut exprs = Vec::new();
+        collect_exprs(&dashboard, &mut exprs);
+        assert!(exprs.len() > 20, "{exprs:?}");
+        let mut used = std::collections::BTreeSet::new();
+        for expr in &exprs {
+            let names = metric_names_in(expr);
+            assert!(
+                !names.is_empty() || expr.starts_with("label_values"),
+                "no metric in {expr}"
+            );
+            for name in names {
+                assert!(
+                    table::find(&name).is_some() && docs.contains(&name),
+                    "the dashboard queries {name} ({expr}), which is not in docs/metrics.md"
+                );
+                used.insert(name);
+            }
+        }
+        // The panels the operations guide points to.
+        for wanted in [
+            "starling_connections_current",
+            "starling_listener_connections_current",
+            "starling_messages_received_total",
+            "starling_messages_dropped_total",
+            "starling_message_delivery_latency_seconds",
+            "starling_auth_failures_total",
+            "starling_storage_flush_latency_seconds",
+            "starling_storage_batch_size",
+            "starling_actor_mailbox_wait_seconds",
+            "process_cpu_seconds_total",
+        ] {
+            assert!(used.contains(wanted), "no panel queries {wanted}");
+        }
+        // Panel ids are unique (Grafana mixes panels up otherwise).
+        let mut ids = std::collections::BTreeSet::new();
+        for panel in dashboard["panels"].as_array().expect("panels") {
+            let id = panel["id"].as_u64().expect("panel id");
+            assert!(ids.insert(id), "panel id {id} twice");
+        }
+    }
+
+    #[test]
+    fn histograms_render_as_parseable_exposition_text() {
+        let snapshot = histogram::HistogramSnapshot {
+            name: "starling_message_delivery_latency_seconds",
+            help: "Latency.",
+            labels: vec![("actor", "a\"b".to_owned())],
+            buckets: vec![(0.00005, 2), (0.0001, 3), (f64::INFINITY, 4)],
+            sum: 1.5,
+            count: 4,
+        };
+        let mut out = String::new();
+        render_histograms(&[snapshot.clone(), snapshot], &mut out);
+        let exposition = text::parse(&out).unwrap_or_else(|error| panic!("{error}\n{out}"));
+        assert_eq!(
+            exposition.types["starling_message_delivery_latency_seconds"],
+            "histogram"
+        );
+        let name = "starling_message_delivery_latency_seconds_bucket";
+        assert_eq!(exposition.sum(name, &[("le", "0.00005")]), 4.0);
+        assert_eq!(exposition.sum(name, &[("le", "+Inf")]), 8.0);
+        assert_eq!(exposition.sum(name, &[("actor", "a\"b")]), 18.0);
+        assert_eq!(
+            exposition.sum("starling_message_delivery_latency_seconds_count", &[]),
+            8.0
+        );
     }
 
     #[test]

@@ -13,7 +13,7 @@ use bytestring::ByteString;
 use metrics_exporter_prometheus::PrometheusHandle;
 use starling_core::{
     codec::{PublishProperties, QoS},
-    message::{Message, SessionId},
+    message::{Message, ReceivedAt, SessionId},
     Broker,
 };
 use tokio::time::{Instant, MissedTickBehavior};
@@ -155,6 +155,8 @@ impl SysPublisher {
             properties: PublishProperties::default(),
             expires_at: None,
             publisher: SessionId::SYSTEM,
+            // Figures of the broker itself, not a received PUBLISH: no delivery latency.
+            received_at: ReceivedAt::UNKNOWN,
         });
         let router = self.broker.router();
         router.set_retained(topic, Some(message.clone()));

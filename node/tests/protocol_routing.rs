@@ -197,6 +197,7 @@ async fn dollar_topics_are_not_matched_by_leading_wildcards() {
         properties: PublishProperties::default(),
         expires_at: None,
         publisher: SessionId::SYSTEM,
+        received_at: starling_core::message::ReceivedAt::UNKNOWN,
     });
     broker.broker().publish(message);
     let mut publisher = RawClient::connect_v5(broker.addr, "dollar-publisher").await;

@@ -56,6 +56,7 @@ pub(crate) async fn restore(
         properties: Default::default(),
         expires_at: None,
         publisher: SessionId::SYSTEM,
+        received_at: crate::message::ReceivedAt::UNKNOWN,
     });
     for session in sessions {
         let client_id = session.session.client_id.clone();

@@ -145,6 +145,7 @@ mod tests {
             properties: PublishProperties::default(),
             expires_at: None,
             publisher: SessionId::SYSTEM,
+            received_at: crate::message::ReceivedAt::UNKNOWN,
         })
     }
 

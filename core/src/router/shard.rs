@@ -9,6 +9,7 @@ use tokio::time::Instant;
 
 use crate::{
     message::SessionId,
+    metrics::BrokerMetrics,
     router::{retained::RetainedTree, table::SubscriptionTable},
     topic::TopicFilter,
 };
@@ -30,13 +31,15 @@ pub(crate) enum ShardMessage {
         session_id: SessionId,
         filters: Vec<TopicFilter>,
     },
-    /// Periodic housekeeping: drops expired retained messages, updates gauges.
-    Housekeeping,
+    /// Periodic housekeeping: drops expired retained messages, updates gauges. Carries the time
+    /// it was sent, for `starling_actor_mailbox_wait_seconds`.
+    Housekeeping(Instant),
 }
 
 /// One topic shard.
 pub(crate) struct TopicShard {
     pub(crate) shard_idx: usize,
+    pub(crate) metrics: BrokerMetrics,
 }
 
 /// How often a shard purges expired retained messages.
@@ -52,7 +55,11 @@ impl Actor for TopicShard {
         myself: ActorRef<Self::Msg>,
         table: Self::Arguments,
     ) -> Result<Self::State, ActorProcessingErr> {
-        myself.send_interval(HOUSEKEEPING_INTERVAL, || ShardMessage::Housekeeping);
+        let depth = self.metrics.topic_shard_mailbox_depth.clone();
+        myself.send_interval(HOUSEKEEPING_INTERVAL, move || {
+            depth.increment(1.0);
+            ShardMessage::Housekeeping(Instant::now())
+        });
         Ok(table)
     }
 
@@ -62,6 +69,8 @@ impl Actor for TopicShard {
         message: Self::Msg,
         table: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
+        self.metrics.topic_shards.handled.increment(1);
+        self.metrics.topic_shard_mailbox_depth.decrement(1.0);
         match message {
             ShardMessage::RemoveSession {
                 session_id,
@@ -76,7 +85,8 @@ impl Actor for TopicShard {
                     );
                 }
             }
-            ShardMessage::Housekeeping => {
+            ShardMessage::Housekeeping(sent_at) => {
+                self.metrics.topic_shards.tick_handled(sent_at);
                 let mut table = table.write();
                 table.retained.purge_expired(Instant::now());
                 let shard = self.shard_idx.to_string();

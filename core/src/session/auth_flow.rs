@@ -19,6 +19,7 @@ use crate::{
         decode_packet, Auth, AuthProperties, Connect, Packet, ProtocolVersion, Publish, QoS,
         ReasonCode,
     },
+    metrics::AuthFailure,
     session::connection::{refuse, write_all, Blocked, Close, Connection},
     topic::TopicFilter,
     transport::{ListenerId, Transport},
@@ -32,6 +33,18 @@ pub(super) struct Authenticated {
     /// Authentication Method and final data for CONNACK (enhanced authentication).
     pub(super) method: Option<ByteString>,
     pub(super) data: Option<Bytes>,
+}
+
+/// Counts a refused authentication in `starling_auth_failures_total{reason}`.
+fn count_refusal(broker: &Broker, reason_code: ReasonCode, anonymous: bool) {
+    let failure = match reason_code {
+        ReasonCode::NotAuthorized if anonymous => AuthFailure::AnonymousDenied,
+        ReasonCode::BadUserNameOrPassword => AuthFailure::BadCredentials,
+        ReasonCode::BadAuthenticationMethod => AuthFailure::UnsupportedMethod,
+        ReasonCode::NotAuthorized | ReasonCode::Banned => AuthFailure::NotAuthorized,
+        _ => AuthFailure::BackendError,
+    };
+    broker.inner.metrics.auth.failed(failure);
 }
 
 /// Authenticates a CONNECT; on refusal the CONNACK is sent, the socket closed and `None`
@@ -51,6 +64,7 @@ pub(super) async fn authenticate_connect<T: Transport>(
     let Some(provider) = broker.inner.auth.clone() else {
         // [MQTT-4.12.0-1] no authentication method without a provider.
         if connect.properties.authentication_method.is_some() {
+            count_refusal(broker, ReasonCode::BadAuthenticationMethod, false);
             refuse(
                 transport,
                 version,
@@ -61,6 +75,11 @@ pub(super) async fn authenticate_connect<T: Transport>(
             return None;
         }
         if !limits.allow_anonymous && connect.username.is_none() {
+            broker
+                .inner
+                .metrics
+                .auth
+                .failed(AuthFailure::AnonymousDenied);
             refuse(
                 transport,
                 version,
@@ -70,6 +89,7 @@ pub(super) async fn authenticate_connect<T: Transport>(
             .await;
             return None;
         }
+        broker.inner.metrics.auth.succeeded();
         return Some(Authenticated::default());
     };
     let listener_name = broker.listener_name(listener);
@@ -104,6 +124,7 @@ pub(super) async fn authenticate_connect<T: Transport>(
                         );
                     if !allowed {
                         broker.inner.metrics.security.acl_denied(AclAction::Publish);
+                        count_refusal(broker, ReasonCode::NotAuthorized, false);
                         refuse(
                             transport,
                             version,
@@ -114,6 +135,7 @@ pub(super) async fn authenticate_connect<T: Transport>(
                         return None;
                     }
                 }
+                broker.inner.metrics.auth.succeeded();
                 return Some(Authenticated {
                     auth: Some(Box::new(ConnectionAuth::new(principal))),
                     method: if data.is_some() || method.is_some() {
@@ -125,6 +147,7 @@ pub(super) async fn authenticate_connect<T: Transport>(
                 });
             }
             AuthDecision::Refuse(reason_code, reason) => {
+                count_refusal(broker, reason_code, connect.username.is_none());
                 refuse(transport, version, reason_code, reason).await;
                 return None;
             }

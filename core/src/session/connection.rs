@@ -158,6 +158,7 @@ pub fn run_connection<T: Transport>(
         let inner = broker.inner.clone();
         inner.metrics.connections_opened.increment(1);
         inner.metrics.connections_current.increment(1.0);
+        inner.metrics.listener_connection_opened(listener);
         let connect_timeout = broker.inner.limits.connect_timeout;
         let max_packet_size = broker.inner.limits.max_packet_size as usize;
         // The connect phase and the close are boxed: their futures are large and short-lived, and
@@ -204,6 +205,7 @@ pub fn run_connection<T: Transport>(
         };
         inner.metrics.connections_closed.increment(close_reason);
         inner.metrics.connections_current.decrement(1.0);
+        inner.metrics.listener_connection_closed(listener);
         drop(permit);
     }
 }
@@ -952,6 +954,8 @@ fn will_to_message(will: LastWill, publisher: SessionId, now: Instant) -> Arc<Me
         properties,
         expires_at,
         publisher,
+        // A will is not a PUBLISH the broker received: no delivery latency.
+        received_at: crate::message::ReceivedAt::UNKNOWN,
     })
 }
 

@@ -172,12 +172,19 @@ impl<T: Transport> Connection<T> {
         }
         let deadline = tokio::time::Instant::now() + CLOSE_COMMIT_TIMEOUT;
         loop {
+            let waiting = self
+                .gate
+                .as_ref()
+                .is_some_and(|gate| !gate.submitted.is_empty());
+            if !waiting {
+                // Everything submitted is durable.
+                return;
+            }
             let waited =
                 tokio::time::timeout_at(deadline, std::future::poll_fn(|cx| self.poll_gate(cx)))
                     .await;
             match waited {
-                Ok(Ok(())) if self.gate.is_some() => continue,
-                Ok(Ok(())) => return,
+                Ok(Ok(())) => continue,
                 Ok(Err(error)) => {
                     if let Some(persistence) = &self.broker.inner.persistence {
                         persistence.failed(&error);

@@ -13,7 +13,7 @@ use crate::{
         Ack, AckProperties, Packet, PacketId, Publish, PublishProperties, QoS, ReasonCode,
         RetainHandling, SubAck, Subscribe, SubscriptionOptions, UnsubAck, Unsubscribe,
     },
-    message::{Delivery, Message, SubscriptionIds},
+    message::{Delivery, Message, ReceivedAt, SubscriptionIds},
     session::{
         auth_flow::PublishCheck,
         connection::{Blocked, Close, Connection, MAX_PENDING_WRITE_BYTES},
@@ -210,6 +210,7 @@ impl<T: Transport> Connection<T> {
             properties,
             expires_at,
             publisher: self.state.id,
+            received_at: ReceivedAt::at(now),
         });
         if self.broker.inner.persistence.is_some()
             && (publish.qos != QoS::AtMostOnce || publish.retain)
@@ -569,6 +570,7 @@ impl<T: Transport> Connection<T> {
         self.broker.inner.metrics.messages_sent[delivery.qos as usize].increment(1);
         self.apply_outbound_alias(&mut publish);
         publish.encode(self.version, &mut self.wbuf);
+        self.broker.inner.metrics.observe_delivery(&delivery, now);
     }
 
     /// Replaces the topic by an alias the client already knows, or assigns a new one while the

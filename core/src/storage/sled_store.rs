@@ -67,9 +67,12 @@ impl SledStore {
             .try_exists()
             .map_err(|error| open_error(error.to_string()))?;
         if was_initialized && store.get(Keyspace::Meta, FORMAT_VERSION_KEY)?.is_none() {
-            return Err(open_error(format!(
-                "{INITIALIZED_MARKER} exists but sled recovered no data: the log is corrupt"
-            )));
+            return Err(StorageError::SledLogRewritten {
+                path: path.to_path_buf(),
+                reason: format!(
+                    "{INITIALIZED_MARKER} exists but sled recovered no data: the log is corrupt"
+                ),
+            });
         }
         check_format(&store).map_err(|error| open_error(error.to_string()))?;
         if !was_initialized {

@@ -10,10 +10,29 @@ use std::{
     time::{Duration, Instant},
 };
 
-use metrics::{counter, histogram, Counter, Histogram};
+use metrics::{counter, gauge, Counter, Gauge};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::storage::{StorageError, Store, WriteBatch};
+use crate::{
+    metrics::histogram::{self, Histogram, HistogramSpec, LATENCY_BOUNDS_MICROS},
+    storage::{StorageError, Store, WriteBatch},
+};
+
+/// `starling_storage_batch_size`: write batches per group commit.
+static BATCH_SIZE: HistogramSpec = HistogramSpec {
+    name: "starling_storage_batch_size",
+    help: "Write batches applied together in one group commit.",
+    bounds: &[1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024],
+    units_per_exported_unit: 1.0,
+};
+
+/// `starling_storage_flush_latency_seconds`: duration of one durable flush.
+static FLUSH_LATENCY: HistogramSpec = HistogramSpec {
+    name: "starling_storage_flush_latency_seconds",
+    help: "Duration of one durable flush (fsync) of the store.",
+    bounds: LATENCY_BOUNDS_MICROS,
+    units_per_exported_unit: 1e6,
+};
 
 /// When the writer syncs to disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,7 +85,7 @@ pub struct StorageWriterCounters {
     pub num_failures: AtomicU64,
 }
 
-/// Why [`StorageWriter::try_submit`] did not take a batch.
+/// Why [`StorageWriter::submit`] did not take a batch.
 #[derive(Debug, thiserror::Error)]
 pub enum SubmitError {
     /// The writer thread has stopped.
@@ -211,22 +230,27 @@ fn ticket() -> (oneshot::Sender<Result<(), StorageError>>, CommitTicket) {
     (done, CommitTicket { done: receiver })
 }
 
+/// The writer's metrics, recorded on the writer thread (see docs/metrics.md, Storage).
 struct WriterMetrics {
     batches_total: Counter,
+    commits_total: Counter,
     flushes_total: Counter,
-    failures_total: Counter,
-    group_batches: Histogram,
-    flush_duration_seconds: Histogram,
+    write_errors_total: Counter,
+    queue_depth: Gauge,
+    batch_size: Histogram,
+    flush_latency: Histogram,
 }
 
 impl WriterMetrics {
     fn new() -> WriterMetrics {
         WriterMetrics {
             batches_total: counter!("starling_storage_batches_total"),
+            commits_total: counter!("starling_storage_commits_total"),
             flushes_total: counter!("starling_storage_flushes_total"),
-            failures_total: counter!("starling_storage_failures_total"),
-            group_batches: histogram!("starling_storage_group_batches"),
-            flush_duration_seconds: histogram!("starling_storage_flush_duration_seconds"),
+            write_errors_total: counter!("starling_storage_write_errors_total"),
+            queue_depth: gauge!("starling_storage_queue_depth"),
+            batch_size: histogram::register(&BATCH_SIZE, &[]),
+            flush_latency: histogram::register(&FLUSH_LATENCY, &[]),
         }
     }
 }
@@ -309,6 +333,8 @@ impl WriterLoop {
 
     fn commit_group(&mut self, group: Vec<WriteRequest>) {
         let num_batches = group.len() as u64;
+        // What waits behind this group: a growing figure means the disk does not keep up.
+        self.metrics.queue_depth.set(self.receiver.len() as f64);
         let (batches, replies): (Vec<WriteBatch>, Vec<_>) = group
             .into_iter()
             .map(|request| (request.batch, request.done))
@@ -332,7 +358,8 @@ impl WriterLoop {
                 .largest_group_batches
                 .fetch_max(num_batches, Ordering::Relaxed);
             self.metrics.batches_total.increment(num_batches);
-            self.metrics.group_batches.record(num_batches as f64);
+            self.metrics.commits_total.increment(1);
+            self.metrics.batch_size.record(num_batches);
         }
         for reply in replies {
             // A requester that stopped waiting (its session ended) is fine to ignore.
@@ -358,15 +385,15 @@ impl WriterLoop {
         self.counters.num_flushes.fetch_add(1, Ordering::Relaxed);
         self.metrics.flushes_total.increment(1);
         self.metrics
-            .flush_duration_seconds
-            .record(started.elapsed().as_secs_f64());
+            .flush_latency
+            .record_duration(started.elapsed());
         Ok(())
     }
 
     fn fail(&mut self, error: &StorageError) {
         tracing::error!(%error, engine = self.store.engine(), "storage write failed; refusing further writes");
         self.counters.num_failures.fetch_add(1, Ordering::Relaxed);
-        self.metrics.failures_total.increment(1);
+        self.metrics.write_errors_total.increment(1);
         self.failure = Some(error.to_string());
     }
 }

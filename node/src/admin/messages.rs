@@ -10,7 +10,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use starling_core::{
     codec::{PublishProperties, QoS},
-    message::{Message, SessionId},
+    message::{Message, ReceivedAt, SessionId},
     topic::{self, TopicFilter},
 };
 use tokio::time::Instant;
@@ -226,6 +226,7 @@ pub(crate) async fn publish(
         properties,
         expires_at,
         publisher: SessionId::SYSTEM,
+        received_at: ReceivedAt::at(Instant::now()),
     });
     let num_queued = state.broker.publish(message);
     tracing::info!(topic = %request.topic, qos = request.qos, retain = request.retain, num_queued, "message published through the admin api");

@@ -125,6 +125,8 @@ impl StarlingHome {
             .env("STARLING_DATA_DIR", self.data_dir())
             .env("STARLING_STORAGE_ENGINE", self.engine.name())
             .env("STARLING_LOG_FORMAT", "json")
+            // The start-up error must stay the last lines of stderr, not a backtrace.
+            .env("RUST_BACKTRACE", "0")
             // The bound addresses are logged by starling_node at info.
             .env("STARLING_LOG_LEVEL", "warn,starling_node=info")
             .env_remove("RUST_LOG")
@@ -341,7 +343,15 @@ async fn read_log(
                     .as_str()
                     .and_then(|text| text.parse::<SocketAddr>().ok())
             };
-            log.mqtt_addr = log.mqtt_addr.or(field("mqtt_addr"));
+            // `mqtt listener bound` with `protocol = "tcp"` and `addr` (one line per listener;
+            // STARLING_LISTEN sets the plain TCP one); older builds logged `mqtt_addr`.
+            let fields = &record["fields"];
+            let plain_tcp_listener = fields["message"] == "mqtt listener bound"
+                && fields["protocol"]
+                    .as_str()
+                    .is_none_or(|protocol| protocol == "tcp");
+            let listener_addr = plain_tcp_listener.then(|| field("addr")).flatten();
+            log.mqtt_addr = log.mqtt_addr.or(field("mqtt_addr")).or(listener_addr);
             log.admin_addr = log.admin_addr.or(field("admin_addr"));
         }
         log.push(line);
