@@ -34,7 +34,7 @@ fi
 ENGINES=${ENGINES:-"redb sled memory"}
 PHASES=${PHASES:-"p1 p2"}
 TP_PAIRS=${TP_PAIRS:-50}
-TP_RATES=${TP_RATES:-"2000,5000,10000,20000,30000,40000,60000,80000,120000"}
+TP_RATES=${TP_RATES:-"2000,5000,10000,20000,40000,60000,80000,120000,160000,200000"}
 TP_MAX_P99_MS=${TP_MAX_P99_MS:-50}
 STEP_SECS=${STEP_SECS:-3}
 SESSIONS=${SESSIONS:-19000}
@@ -98,7 +98,7 @@ wait_listening() { # timeout_secs
   done
 }
 
-status() { curl -sf "http://127.0.0.1:$ADMIN_PORT/api/v1/status"; }
+status() { curl -sf --max-time 5 "http://127.0.0.1:$ADMIN_PORT/api/v1/status"; }
 
 wait_status() { # jq_condition timeout_secs
   local deadline=$(($(now_ms) + $2 * 1000))
@@ -109,9 +109,18 @@ wait_status() { # jq_condition timeout_secs
   done
 }
 
+# SIGTERM, then SIGKILL if the ordered shutdown takes more than STOP_TIMEOUT_SECS (a hang is
+# reported in the log and in results.jsonl).
 stop_starling() {
   [[ -n "$PID" ]] || return 0
   kill -TERM "$PID" 2> /dev/null || true
+  local deadline=$(($(now_ms) + ${STOP_TIMEOUT_SECS:-60} * 1000))
+  while kill -0 "$PID" 2> /dev/null && (($(now_ms) < deadline)); do sleep 0.1; done
+  if kill -0 "$PID" 2> /dev/null; then
+    log "starling $PID still running ${STOP_TIMEOUT_SECS:-60} s after SIGTERM: killed"
+    echo "{\"kind\":\"hang\",\"what\":\"shutdown\",\"label\":\"$CURRENT\"}" >> "$OUT/results.jsonl"
+    kill -KILL "$PID" 2> /dev/null || true
+  fi
   wait "$PID" 2> /dev/null || true
   PID=""
 }
@@ -119,6 +128,26 @@ trap stop_starling EXIT
 
 rss_kib() { awk -v key="$2:" '$1 == key {print $2}' "/proc/$1/status"; }
 store_kib() { du -sk "$1" | cut -f1; }
+
+# Runs swarm while checking that the broker still answers its admin API; a broker that does
+# not answer for 30 s is reported as stalled, and swarm is stopped.
+run_swarm() { # swarm arguments...
+  "$SWARM" "$@" > "$OUT/swarm.out" &
+  local swarm_pid=$! failures=0
+  while kill -0 "$swarm_pid" 2> /dev/null; do
+    sleep 5
+    if status > /dev/null 2>&1; then failures=0; else failures=$((failures + 1)); fi
+    if ((failures >= 6)); then
+      log "starling $PID has not answered for 30 s: stalled; stopping swarm"
+      echo "{\"kind\":\"hang\",\"what\":\"stall\",\"label\":\"$CURRENT\"}" >> "$OUT/results.jsonl"
+      kill "$swarm_pid" 2> /dev/null || true
+      wait "$swarm_pid" 2> /dev/null || true
+      return 1
+    fi
+  done
+  wait "$swarm_pid" || return 1
+  tee -a "$OUT/results.jsonl" < "$OUT/swarm.out" | "$ROOT/loadtest/bench/oneline.sh" >&2
+}
 
 # --- (p1) persistent QoS 1 throughput ---------------------------------------------------
 cat > "$OUT/p1.toml" <<EOF
@@ -142,11 +171,10 @@ EOF
 run_p1() { # engine
   log "(p1) $1: persistent QoS 1 sweep $TP_RATES"
   start_starling "$1" "$OUT/data/p1-$1" "p1-$1"
-  wait_listening 30
-  "$SWARM" run "$OUT/p1.toml" --broker "127.0.0.1:$PORT" --broker-pid "$PID" \
+  wait_listening 30 || return 1
+  run_swarm run "$OUT/p1.toml" --broker "127.0.0.1:$PORT" --broker-pid "$PID" \
     --duration "$STEP_SECS" --sweep-rates "$TP_RATES" --max-p99-ms "$TP_MAX_P99_MS" \
-    --label "starling-$1" --tag p1 --quiet \
-    | tee -a "$OUT/results.jsonl" | "$ROOT/loadtest/bench/oneline.sh" >&2
+    --label "starling-$1" --tag p1 --quiet || return 1
   stop_starling
   [[ "${KEEP_DATA:-0}" == 1 ]] || rm -rf "$OUT/data/p1-$1"
 }
@@ -167,7 +195,7 @@ EOF
 cat > "$OUT/p2-fill.toml" <<EOF
 name = "fill queues"
 protocol = "3.1.1"
-duration_secs = 600
+duration_secs = 600                  # upper bound: the run ends once every publisher sent max_messages
 client_id_prefix = "fill-"
 [publishers]
 count = $SESSIONS
@@ -182,17 +210,15 @@ run_p2() { # engine
   local engine=$1 data=$OUT/data/p2-$1 total=$((SESSIONS * QUEUED))
   log "(p2) $engine: $SESSIONS persistent sessions with $QUEUED queued messages each"
   start_starling "$engine" "$data" "p2-$engine"
-  wait_listening 30
+  wait_listening 30 || return 1
   local rss_empty; rss_empty=$(rss_kib "$PID" VmRSS)
-  "$SWARM" run "$OUT/p2-park.toml" --broker "127.0.0.1:$PORT" --broker-pid "$PID" \
-    --source-addrs 127.0.1.1-127.0.1.4 --label "starling-$engine" --tag p2-park --quiet \
-    | tee -a "$OUT/results.jsonl" | "$ROOT/loadtest/bench/oneline.sh" >&2
-  wait_status ".sessions_offline >= $SESSIONS" 60
+  run_swarm run "$OUT/p2-park.toml" --broker "127.0.0.1:$PORT" --broker-pid "$PID" \
+    --source-addrs 127.0.1.1-127.0.1.4 --label "starling-$engine" --tag p2-park --quiet || return 1
+  wait_status ".sessions_offline >= $SESSIONS" 60 || return 1
   local fill_start; fill_start=$(now_ms)
-  "$SWARM" run "$OUT/p2-fill.toml" --broker "127.0.0.1:$PORT" --broker-pid "$PID" \
-    --source-addrs 127.0.2.1-127.0.2.4 --label "starling-$engine" --tag p2-fill --quiet \
-    | tee -a "$OUT/results.jsonl" | "$ROOT/loadtest/bench/oneline.sh" >&2
-  wait_status ".queued_messages >= $total" 120
+  run_swarm run "$OUT/p2-fill.toml" --broker "127.0.0.1:$PORT" --broker-pid "$PID" \
+    --source-addrs 127.0.2.1-127.0.2.4 --label "starling-$engine" --tag p2-fill --quiet || return 1
+  wait_status ".queued_messages >= $total" 120 || return 1
   local fill_ms=$(($(now_ms) - fill_start))
   sleep 2 # let allocator and page cache settle before reading RSS
   local rss_full hwm_full store
@@ -206,9 +232,9 @@ run_p2() { # engine
     wait "$PID" 2> /dev/null || true
     local spawn; spawn=$(now_ms)
     start_starling "$engine" "$data" "p3-$engine"
-    wait_listening 120
+    wait_listening 120 || return 1
     listen_ms=$(($(now_ms) - spawn))
-    wait_status ".sessions_offline >= $SESSIONS and .queued_messages >= $total" 120
+    wait_status ".sessions_offline >= $SESSIONS and .queued_messages >= $total" 120 || return 1
     ready_ms=$(($(now_ms) - spawn))
     rss_restarted=$(rss_kib "$PID" VmRSS)
   fi
@@ -226,9 +252,15 @@ run_p2() { # engine
       rss_restarted_kib: $rss_restarted_kib}' | tee -a "$OUT/results.jsonl" >&2
 }
 
+CURRENT=""
 for phase in $PHASES; do
   for engine in $ENGINES; do
-    "run_$phase" "$engine"
+    CURRENT="$phase starling-$engine"
+    if ! "run_$phase" "$engine"; then
+      log "$CURRENT failed (see $OUT/logs and the \"hang\" lines of results.jsonl); going on"
+      stop_starling
+      rm -rf "$OUT/data/$phase-$engine"
+    fi
   done
 done
 
