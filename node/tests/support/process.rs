@@ -40,33 +40,14 @@ pub fn starling_binary() -> PathBuf {
 }
 
 /// A storage engine of the `[storage] engine` key (env `STARLING_STORAGE_ENGINE`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StorageEngine {
-    /// One redb file, `<data_dir>/starling.redb` (the default).
-    Redb,
-    /// A sled directory, `<data_dir>/sled/`.
-    Sled,
-    /// Nothing on disk.
-    Memory,
-}
+pub use starling_node::config::StorageEngine;
 
-impl StorageEngine {
-    /// Returns the configuration value.
-    pub fn name(self) -> &'static str {
-        match self {
-            StorageEngine::Redb => "redb",
-            StorageEngine::Sled => "sled",
-            StorageEngine::Memory => "memory",
-        }
-    }
-
-    /// Returns where the engine keeps its store inside `data_dir` (none for memory).
-    pub fn store_path(self, data_dir: &Path) -> Option<PathBuf> {
-        match self {
-            StorageEngine::Redb => Some(data_dir.join("starling.redb")),
-            StorageEngine::Sled => Some(data_dir.join("sled")),
-            StorageEngine::Memory => None,
-        }
+/// Returns where `engine` keeps its store inside `data_dir` (none for memory).
+pub fn engine_store_path(engine: StorageEngine, data_dir: &Path) -> Option<PathBuf> {
+    match engine {
+        StorageEngine::Redb => Some(data_dir.join(starling_node::storage::REDB_FILE)),
+        StorageEngine::Sled => Some(data_dir.join(starling_node::storage::SLED_DIR)),
+        StorageEngine::Memory => None,
     }
 }
 
@@ -104,7 +85,7 @@ impl StarlingHome {
 
     /// Returns the file or directory of the store (none for the memory engine).
     pub fn store_path(&self) -> Option<PathBuf> {
-        self.engine.store_path(&self.data_dir())
+        engine_store_path(self.engine, &self.data_dir())
     }
 
     /// Returns the bytes the store occupies on disk (allocated blocks, so a sparse or
