@@ -33,7 +33,7 @@ mod throughput_tests;
 
 use std::path::PathBuf;
 
-pub use batch::{BatchOp, WriteBatch};
+pub use batch::{ApplyStats, BatchOp, WriteBatch};
 pub use memory::{MemoryDisk, MemoryStore};
 pub use recovery::{
     plan_expiry_sweep, recover, ExpirySweep, RecoveredSession, RecoveredState, RecoveryCounts,
@@ -222,7 +222,18 @@ pub trait Store: Send + Sync + 'static {
     /// # Errors
     /// Returns [`StorageError::Backend`] on an I/O failure; the batches that were not applied
     /// are lost, and the caller must treat the store as failed.
-    fn apply(&self, batches: &[WriteBatch]) -> Result<(), StorageError>;
+    fn apply(&self, batches: &[WriteBatch]) -> Result<ApplyStats, StorageError>;
+
+    /// Applies the batches as [`Store::apply`] does and makes them durable as [`Store::flush`]
+    /// does. A backend that can do both in one commit overrides this.
+    ///
+    /// # Errors
+    /// As [`Store::apply`] and [`Store::flush`].
+    fn apply_durably(&self, batches: &[WriteBatch]) -> Result<ApplyStats, StorageError> {
+        let stats = self.apply(batches)?;
+        self.flush()?;
+        Ok(stats)
+    }
 
     /// Makes every applied batch durable: after `Ok`, a crash (even a power loss, to the extent
     /// the backend's sync call guarantees it) cannot lose them.

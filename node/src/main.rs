@@ -11,6 +11,12 @@ use starling_node::{
     DEFAULT_CONFIG_TOML,
 };
 
+/// mimalloc: per-thread free lists keep the publish path's cross-thread frees (a buffer built by
+/// one connection, dropped by another or by the storage thread) off a shared arena lock.
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "starling",

@@ -1,6 +1,9 @@
 //! Write batches: what the engine asks to store, and how a backend turns it into puts/deletes.
 
-use std::{borrow::Cow, collections::BTreeMap};
+use std::{
+    borrow::Cow,
+    collections::{BTreeMap, HashSet},
+};
 
 use bytes::Bytes;
 
@@ -270,11 +273,84 @@ pub(crate) trait ReadView {
 /// A resolved write: `Some(value)` puts, `None` deletes.
 pub(crate) type RawOp<'batch> = (Keyspace, Cow<'batch, [u8]>, Option<Cow<'batch, [u8]>>);
 
+/// Queue entries that one group of batches both writes and removes: neither operation needs
+/// to reach the store.
+///
+/// The common case of a fast subscriber: its PUBACK removes an entry before the group that
+/// wrote it was applied. A queue key is written once (its sequence is fresh), so an entry put
+/// and removed within a group did not exist before the group and does not exist after it;
+/// the group is applied as one unit before any of its requests completes, so skipping both
+/// leaves the same store at every point anyone can observe. Groups with a `DeleteSession`
+/// (which reads the queue entries it removes) skip nothing.
+#[derive(Debug, Default)]
+pub(crate) struct TransientEntries<'group> {
+    keys: KeySet<'group>,
+}
+
+/// Keys of one group; hashed with foldhash, which is several times cheaper than SipHash on
+/// these short keys (nothing here is attacker-chosen beyond a client id, and the set lives for
+/// one group only).
+type KeySet<'group> = HashSet<&'group [u8], foldhash::fast::RandomState>;
+
+/// What one [`crate::storage::Store::apply`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ApplyStats {
+    /// Queue entries written and removed within the group, so neither reached the store.
+    pub transient_entries: u64,
+}
+
+impl<'group> TransientEntries<'group> {
+    /// Finds the transient queue entries of a group.
+    pub(crate) fn find(batches: &'group [WriteBatch]) -> TransientEntries<'group> {
+        let mut written = KeySet::default();
+        let mut keys = KeySet::default();
+        for op in batches.iter().flat_map(|batch| batch.ops.iter()) {
+            match op {
+                BatchOp::Put {
+                    keyspace: Keyspace::OfflineQueue,
+                    key,
+                    ..
+                } => {
+                    written.insert(key);
+                }
+                BatchOp::Delete {
+                    keyspace: Keyspace::OfflineQueue,
+                    key,
+                } if written.contains(key.as_slice()) => {
+                    keys.insert(key);
+                }
+                BatchOp::DeleteSession { .. } => return TransientEntries::default(),
+                _ => {}
+            }
+        }
+        TransientEntries { keys }
+    }
+
+    /// How many queue entries the group skips.
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// The figures of a group applied with these transient entries.
+    pub(crate) fn stats(&self) -> ApplyStats {
+        ApplyStats {
+            transient_entries: self.keys.len() as u64,
+        }
+    }
+
+    fn skips(&self, keyspace: Keyspace, key: &[u8]) -> bool {
+        keyspace == Keyspace::OfflineQueue && !self.keys.is_empty() && self.keys.contains(key)
+    }
+}
+
 /// Turns a batch into plain puts and deletes: expands session deletes and applies reference
 /// count changes against `view`.
+/// Skips the group's `transient` queue entries.
 pub(crate) fn resolve<'batch>(
     batch: &'batch WriteBatch,
     view: &dyn ReadView,
+    transient: &TransientEntries<'_>,
 ) -> Result<Vec<RawOp<'batch>>, StorageError> {
     let mut raw_ops = Vec::with_capacity(batch.ops.len() + 1);
     let mut ref_deltas: BTreeMap<u64, i64> = BTreeMap::new();
@@ -284,13 +360,19 @@ pub(crate) fn resolve<'batch>(
                 keyspace,
                 key,
                 value,
-            } => raw_ops.push((
-                *keyspace,
-                Cow::Borrowed(key.as_slice()),
-                Some(Cow::Borrowed(value.as_slice())),
-            )),
+            } => {
+                if !transient.skips(*keyspace, key) {
+                    raw_ops.push((
+                        *keyspace,
+                        Cow::Borrowed(key.as_slice()),
+                        Some(Cow::Borrowed(value.as_slice())),
+                    ));
+                }
+            }
             BatchOp::Delete { keyspace, key } => {
-                raw_ops.push((*keyspace, Cow::Borrowed(key.as_slice()), None))
+                if !transient.skips(*keyspace, key) {
+                    raw_ops.push((*keyspace, Cow::Borrowed(key.as_slice()), None));
+                }
             }
             BatchOp::MessageRef { message_id, delta } => {
                 *ref_deltas.entry(*message_id).or_default() += delta;

@@ -6,8 +6,8 @@ use std::{collections::BTreeMap, ops::Bound, sync::Arc};
 use parking_lot::Mutex;
 
 use crate::storage::{
-    batch::{resolve, RawOp, ReadView},
-    KeyValue, Keyspace, StorageError, Store, WriteBatch,
+    batch::{resolve, RawOp, ReadView, TransientEntries},
+    ApplyStats, KeyValue, Keyspace, StorageError, Store, WriteBatch,
 };
 
 type Map = BTreeMap<(Keyspace, Vec<u8>), Vec<u8>>;
@@ -134,10 +134,11 @@ impl Store for MemoryStore {
         ))
     }
 
-    fn apply(&self, batches: &[WriteBatch]) -> Result<(), StorageError> {
+    fn apply(&self, batches: &[WriteBatch]) -> Result<ApplyStats, StorageError> {
         let mut state = self.state.lock();
+        let transient = TransientEntries::find(batches);
         for batch in batches {
-            let raw_ops = resolve(batch, &MapView(&state.live))?;
+            let raw_ops = resolve(batch, &MapView(&state.live), &transient)?;
             apply_raw(&mut state.live, raw_ops.iter().cloned());
             state
                 .unflushed
@@ -149,7 +150,7 @@ impl Store for MemoryStore {
                     )
                 }));
         }
-        Ok(())
+        Ok(transient.stats())
     }
 
     fn flush(&self) -> Result<(), StorageError> {

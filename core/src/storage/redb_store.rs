@@ -14,9 +14,9 @@ use parking_lot::Mutex;
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, Table, TableDefinition};
 
 use crate::storage::{
-    batch::{resolve, ReadView},
+    batch::{resolve, ReadView, TransientEntries},
     sled_store::check_format,
-    KeyValue, Keyspace, StorageError, Store, WriteBatch,
+    ApplyStats, KeyValue, Keyspace, StorageError, Store, WriteBatch,
 };
 
 const ENGINE: &str = "redb";
@@ -179,11 +179,37 @@ impl Store for RedbStore {
         scan_table(&table, prefix, start_after, limit)
     }
 
-    fn apply(&self, batches: &[WriteBatch]) -> Result<(), StorageError> {
+    fn apply(&self, batches: &[WriteBatch]) -> Result<ApplyStats, StorageError> {
+        self.commit(batches, Durability::None)
+    }
+
+    /// One transaction that applies the group and syncs it, instead of a non-durable commit
+    /// followed by an empty durable one.
+    fn apply_durably(&self, batches: &[WriteBatch]) -> Result<ApplyStats, StorageError> {
+        self.commit(batches, Durability::Immediate)
+    }
+
+    fn flush(&self) -> Result<(), StorageError> {
         let _apply_guard = self.apply_lock.lock();
         let mut txn = self.db.begin_write().map_err(backend_error)?;
-        txn.set_durability(Durability::None)
+        txn.set_durability(Durability::Immediate)
             .map_err(|error| StorageError::backend(ENGINE, error))?;
+        txn.commit().map_err(backend_error)
+    }
+}
+
+impl RedbStore {
+    /// Applies the batches in one write transaction committed with `durability`.
+    fn commit(
+        &self,
+        batches: &[WriteBatch],
+        durability: Durability,
+    ) -> Result<ApplyStats, StorageError> {
+        let _apply_guard = self.apply_lock.lock();
+        let mut txn = self.db.begin_write().map_err(backend_error)?;
+        txn.set_durability(durability)
+            .map_err(|error| StorageError::backend(ENGINE, error))?;
+        let stats;
         {
             let mut tables = WriteTables {
                 tables: Vec::with_capacity(Keyspace::ALL.len()),
@@ -197,8 +223,10 @@ impl Store for RedbStore {
             }
             // The whole group is one transaction, so each batch is atomic (the group is too),
             // and each batch resolves against the writes of the batches before it.
+            let transient = TransientEntries::find(batches);
+            stats = transient.stats();
             for batch in batches {
-                let raw_ops = resolve(batch, &tables)?;
+                let raw_ops = resolve(batch, &tables, &transient)?;
                 for (keyspace, key, value) in raw_ops {
                     let table = &mut tables.tables[usize::from(keyspace.tag())];
                     match value {
@@ -209,14 +237,7 @@ impl Store for RedbStore {
                 }
             }
         }
-        txn.commit().map_err(backend_error)
-    }
-
-    fn flush(&self) -> Result<(), StorageError> {
-        let _apply_guard = self.apply_lock.lock();
-        let mut txn = self.db.begin_write().map_err(backend_error)?;
-        txn.set_durability(Durability::Immediate)
-            .map_err(|error| StorageError::backend(ENGINE, error))?;
-        txn.commit().map_err(backend_error)
+        txn.commit().map_err(backend_error)?;
+        Ok(stats)
     }
 }

@@ -9,8 +9,9 @@ use std::{
 use parking_lot::Mutex;
 
 use crate::storage::{
-    batch::{resolve, scan_all_with, ReadView, SCAN_PAGE},
-    KeyValue, Keyspace, StorageError, Store, WriteBatch, FORMAT_VERSION_KEY, STORE_FORMAT_VERSION,
+    batch::{resolve, scan_all_with, ReadView, TransientEntries, SCAN_PAGE},
+    ApplyStats, KeyValue, Keyspace, StorageError, Store, WriteBatch, FORMAT_VERSION_KEY,
+    STORE_FORMAT_VERSION,
 };
 
 const ENGINE: &str = "sled";
@@ -185,10 +186,11 @@ impl Store for SledStore {
         Ok(entries)
     }
 
-    fn apply(&self, batches: &[WriteBatch]) -> Result<(), StorageError> {
+    fn apply(&self, batches: &[WriteBatch]) -> Result<ApplyStats, StorageError> {
         let _apply_guard = self.apply_lock.lock();
+        let transient = TransientEntries::find(batches);
         for batch in batches {
-            let raw_ops = resolve(batch, self)?;
+            let raw_ops = resolve(batch, self, &transient)?;
             let mut sled_batch = sled::Batch::default();
             for (keyspace, key, value) in raw_ops {
                 let full_key = SledStore::full_key(keyspace, &key);
@@ -201,7 +203,7 @@ impl Store for SledStore {
                 .apply_batch(sled_batch)
                 .map_err(|error| StorageError::backend(ENGINE, error))?;
         }
-        Ok(())
+        Ok(transient.stats())
     }
 
     fn flush(&self) -> Result<(), StorageError> {

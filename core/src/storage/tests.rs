@@ -9,7 +9,8 @@ use tempfile::TempDir;
 use crate::{
     codec::{PublishProperties, QoS, SubscriptionOptions},
     storage::{
-        message_key, plan_expiry_sweep,
+        batch::TransientEntries,
+        message_key, plan_expiry_sweep, queue_key,
         records::{
             InflightRecord, InflightState, MessageRecord, QueueRecord, SessionRecord,
             SubscriptionRecord, WillRecord,
@@ -297,6 +298,65 @@ fn shared_payload_is_stored_once_and_freed_with_last_reference(fixture: &dyn Fix
     assert_eq!(count(&*store, Keyspace::Messages), 0);
 }
 
+fn entries_written_and_removed_in_one_group_leave_nothing(fixture: &dyn Fixture) {
+    let store = fixture.open();
+    let inline = |sequence: u64| QueueRecord {
+        message: Some(message_for_test(&format!("fast/{sequence}"), 64, None)),
+        ..queue_entry(0)
+    };
+    // A publisher's batch, a shared message for two sessions, then the fast subscribers'
+    // acknowledgements, all in one group; car-1's second entry stays queued.
+    let mut published = WriteBatch::new();
+    published
+        .push_queue("car-1", 1, &inline(1))
+        .push_queue("car-1", 2, &inline(2));
+    let mut shared = WriteBatch::new();
+    shared
+        .put_message(7, &message_for_test("fleet/all", 256, None))
+        .push_queue("car-2", 1, &queue_entry(7))
+        .push_queue("car-3", 1, &queue_entry(7));
+    let mut acknowledged = WriteBatch::new();
+    acknowledged
+        .remove_queue("car-1", 1, 0)
+        .remove_queue("car-2", 1, 7);
+    let group = [published, shared, acknowledged];
+    assert_eq!(TransientEntries::find(&group).len(), 2);
+    store.apply(&group).expect("applies");
+    store.flush().expect("flushes");
+    drop(store);
+    let store = fixture.open();
+    let queued: Vec<Vec<u8>> = store
+        .scan(Keyspace::OfflineQueue, &[], None, usize::MAX)
+        .expect("scans")
+        .into_iter()
+        .map(|(key, _)| key)
+        .collect();
+    assert_eq!(queued, vec![queue_key("car-1", 2), queue_key("car-3", 1)]);
+    assert_eq!(
+        refcount(&*store, 7),
+        Some(1),
+        "car-3 still holds the message"
+    );
+    assert_eq!(count(&*store, Keyspace::Messages), 1);
+
+    // A group that deletes a session skips nothing, and still ends in the same state.
+    let mut pushed = WriteBatch::new();
+    pushed
+        .put_session(&session_for_test("car-4", None))
+        .push_queue("car-4", 1, &inline(1))
+        .push_queue("car-3", 2, &inline(2));
+    let mut ended = WriteBatch::new();
+    ended.delete_session("car-4").remove_queue("car-3", 2, 0);
+    let group = [pushed, ended];
+    assert_eq!(TransientEntries::find(&group).len(), 0);
+    store.apply(&group).expect("applies");
+    store.flush().expect("flushes");
+    drop(store);
+    let store = fixture.open();
+    assert_eq!(count(&*store, Keyspace::OfflineQueue), 2);
+    assert_eq!(count(&*store, Keyspace::Sessions), 0);
+}
+
 fn recovery_drops_what_expired_while_down(fixture: &dyn Fixture) {
     let now_unix_ms = 1_700_000_000_000;
     let store = fixture.open();
@@ -464,6 +524,10 @@ macro_rules! storage_suite {
             #[test]
             fn recovery_drops_what_expired_while_down() {
                 super::recovery_drops_what_expired_while_down(&$fixture);
+            }
+            #[test]
+            fn entries_written_and_removed_in_one_group_leave_nothing() {
+                super::entries_written_and_removed_in_one_group_leave_nothing(&$fixture);
             }
             #[test]
             fn reopen_sees_flushed_data() {

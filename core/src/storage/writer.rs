@@ -15,7 +15,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::{
     metrics::histogram::{self, Histogram, HistogramSpec, LATENCY_BOUNDS_MICROS},
-    storage::{StorageError, Store, WriteBatch},
+    storage::{ApplyStats, StorageError, Store, WriteBatch},
 };
 
 /// `starling_storage_batch_size`: write batches per group commit.
@@ -29,10 +29,13 @@ static BATCH_SIZE: HistogramSpec = HistogramSpec {
 /// `starling_storage_flush_latency_seconds`: duration of one durable flush.
 static FLUSH_LATENCY: HistogramSpec = HistogramSpec {
     name: "starling_storage_flush_latency_seconds",
-    help: "Duration of one durable flush (fsync) of the store.",
+    help: "Duration of one durable commit of the store (applying a group and syncing it to disk).",
     bounds: LATENCY_BOUNDS_MICROS,
     units_per_exported_unit: 1e6,
 };
+
+/// Requests waiting when a group starts from which the writer commits without waiting for more.
+const BACKLOG_COMMITS_AT_ONCE: usize = 32;
 
 /// When the writer syncs to disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,6 +86,8 @@ pub struct StorageWriterCounters {
     pub largest_group_batches: AtomicU64,
     /// Failed applies or flushes (the first one stops the writer from accepting more).
     pub num_failures: AtomicU64,
+    /// Queue entries written and removed within one group, which never reached the store.
+    pub num_transient_entries: AtomicU64,
 }
 
 /// Why [`StorageWriter::submit`] did not take a batch.
@@ -237,6 +242,7 @@ struct WriterMetrics {
     flushes_total: Counter,
     write_errors_total: Counter,
     queue_depth: Gauge,
+    transient_entries_total: Counter,
     batch_size: Histogram,
     flush_latency: Histogram,
 }
@@ -249,6 +255,7 @@ impl WriterMetrics {
             flushes_total: counter!("starling_storage_flushes_total"),
             write_errors_total: counter!("starling_storage_write_errors_total"),
             queue_depth: gauge!("starling_storage_queue_depth"),
+            transient_entries_total: counter!("starling_storage_transient_entries_total"),
             batch_size: histogram::register(&BATCH_SIZE, &[]),
             flush_latency: histogram::register(&FLUSH_LATENCY, &[]),
         }
@@ -306,15 +313,21 @@ impl WriterLoop {
         }
     }
 
+    /// Collects a group: everything already waiting, and, when little was waiting, what
+    /// arrives within `max_batch_delay`. A backlog is committed at once: under load the
+    /// previous commit's duration already gathered a group, and waiting longer would only
+    /// leave the thread idle while acknowledgements wait.
     fn collect_group(&mut self, first: WriteRequest) -> Vec<WriteRequest> {
-        let mut group = vec![first];
+        let backlog = self.receiver.len();
+        let mut group = Vec::with_capacity((backlog + 1).min(self.config.max_group_batches));
+        group.push(first);
         let deadline = Instant::now() + self.config.max_batch_delay;
         while group.len() < self.config.max_group_batches {
             match self.receiver.try_recv() {
                 Ok(request) => group.push(request),
                 Err(mpsc::error::TryRecvError::Disconnected) => break,
                 Err(mpsc::error::TryRecvError::Empty) => {
-                    if Instant::now() >= deadline {
+                    if backlog >= BACKLOG_COMMITS_AT_ONCE || Instant::now() >= deadline {
                         break;
                     }
                     let receiver = &mut self.receiver;
@@ -345,6 +358,18 @@ impl WriterLoop {
             }),
             None => self.apply_and_maybe_flush(&batches),
         };
+        let outcome = match outcome {
+            Ok(stats) => {
+                self.counters
+                    .num_transient_entries
+                    .fetch_add(stats.transient_entries, Ordering::Relaxed);
+                self.metrics
+                    .transient_entries_total
+                    .increment(stats.transient_entries);
+                Ok(())
+            }
+            Err(error) => Err(error),
+        };
         if let Err(error) = &outcome {
             if self.failure.is_none() {
                 self.fail(error);
@@ -367,13 +392,21 @@ impl WriterLoop {
         }
     }
 
-    fn apply_and_maybe_flush(&mut self, batches: &[WriteBatch]) -> Result<(), StorageError> {
-        self.store.apply(batches)?;
+    fn apply_and_maybe_flush(
+        &mut self,
+        batches: &[WriteBatch],
+    ) -> Result<ApplyStats, StorageError> {
         match self.config.fsync {
-            FsyncPolicy::Always => self.flush(),
+            FsyncPolicy::Always => {
+                let started = Instant::now();
+                let stats = self.store.apply_durably(batches)?;
+                self.flushed(started);
+                Ok(stats)
+            }
             FsyncPolicy::Never => {
+                let stats = self.store.apply(batches)?;
                 self.unflushed_since.get_or_insert_with(Instant::now);
-                Ok(())
+                Ok(stats)
             }
         }
     }
@@ -381,13 +414,18 @@ impl WriterLoop {
     fn flush(&mut self) -> Result<(), StorageError> {
         let started = Instant::now();
         self.store.flush()?;
+        self.flushed(started);
+        Ok(())
+    }
+
+    /// Counts a durable flush (or durable commit) that began at `started`.
+    fn flushed(&mut self, started: Instant) {
         self.unflushed_since = None;
         self.counters.num_flushes.fetch_add(1, Ordering::Relaxed);
         self.metrics.flushes_total.increment(1);
         self.metrics
             .flush_latency
             .record_duration(started.elapsed());
-        Ok(())
     }
 
     fn fail(&mut self, error: &StorageError) {
