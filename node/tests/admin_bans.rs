@@ -13,11 +13,11 @@ use std::{
 };
 
 use admin_support::{
-    connect_v5, eventually, AdminNode, RawV5, DISCONNECT_ADMINISTRATIVE_ACTION, PROMPTLY,
+    connect_v5, ctl_args, eventually, run_ctl, AdminNode, RawV5, DISCONNECT_ADMINISTRATIVE_ACTION,
+    PROMPTLY,
 };
 use rumqttc::v5::{mqttbytes::v5::ConnectReturnCode, ConnectionError, Event, Incoming};
 use serde_json::{json, Value};
-use starling_node::ctl::{self, CtlArgs};
 use tempfile::TempDir;
 
 /// A node whose `auth.ban_file` is in a fresh directory. The watcher polls only every 60 s, so
@@ -208,41 +208,16 @@ async fn bad_ban_requests_get_json_client_errors() {
         .assert_error(409, "conflict");
 }
 
-fn ctl_args(node: &AdminNode, json: bool, command: &[&str]) -> CtlArgs {
-    use clap::Parser;
-
-    #[derive(Parser)]
-    struct Harness {
-        #[command(flatten)]
-        ctl: CtlArgs,
-    }
-    let url = format!("http://{}", node.admin_addr);
-    let mut argv = vec!["ctl", "--url", url.as_str()];
-    if json {
-        argv.push("--json");
-    }
-    argv.extend(command);
-    Harness::try_parse_from(argv).unwrap().ctl
-}
-
-/// Runs `starling ctl` in-process (it blocks, so off the async workers).
-async fn run_ctl(node: &AdminNode, json: bool, command: &[&str]) -> Result<String, String> {
-    let args = ctl_args(node, json, command);
-    tokio::task::spawn_blocking(move || {
-        let mut out = Vec::new();
-        ctl::run(&args, &mut out)
-            .map(|()| String::from_utf8(out).unwrap())
-            .map_err(|error| format!("{error:#}"))
-    })
-    .await
-    .unwrap()
+/// Runs `starling ctl` against `node`.
+async fn ctl(node: &AdminNode, json: bool, command: &[&str]) -> Result<String, String> {
+    run_ctl(ctl_args(node, json, command)).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ctl_bans_adds_lists_and_lifts_bans() {
     let (node, _dir) = node_with_ban_file().await;
     let mut victim = RawV5::connect(node.mqtt_addr, "ctl-car", 0).await;
-    let added = run_ctl(&node, false, &["bans", "add", "client-id", "ctl-car"])
+    let added = ctl(&node, false, &["bans", "add", "client-id", "ctl-car"])
         .await
         .unwrap();
     assert_eq!(added, "banned client-id ctl-car\n");
@@ -250,27 +225,27 @@ async fn ctl_bans_adds_lists_and_lifts_bans() {
         victim.read_until_closed().await,
         DISCONNECT_ADMINISTRATIVE_ACTION
     );
-    let again = run_ctl(&node, false, &["bans", "add", "client-id", "ctl-car"])
+    let again = ctl(&node, false, &["bans", "add", "client-id", "ctl-car"])
         .await
         .unwrap();
     assert_eq!(again, "client-id ctl-car was already banned\n");
-    run_ctl(&node, false, &["bans", "add", "cert-serial", "00:0A:1B"])
+    ctl(&node, false, &["bans", "add", "cert-serial", "00:0A:1B"])
         .await
         .unwrap();
 
-    let table = run_ctl(&node, false, &["bans", "list"]).await.unwrap();
+    let table = ctl(&node, false, &["bans", "list"]).await.unwrap();
     assert_eq!(
         table,
         "KIND         VALUE\nclient-id    ctl-car\ncert-serial  a1b\n"
     );
     let listed: Value =
-        serde_json::from_str(&run_ctl(&node, true, &["bans", "list"]).await.unwrap()).unwrap();
+        serde_json::from_str(&ctl(&node, true, &["bans", "list"]).await.unwrap()).unwrap();
     assert_eq!(
         listed["bans"][1],
         json!({ "kind": "cert-serial", "value": "a1b" })
     );
 
-    let lifted = run_ctl(&node, false, &["bans", "remove", "client-id", "ctl-car"])
+    let lifted = ctl(&node, false, &["bans", "remove", "client-id", "ctl-car"])
         .await
         .unwrap();
     assert_eq!(lifted, "lifted the ban on client-id ctl-car\n");
@@ -278,14 +253,14 @@ async fn ctl_bans_adds_lists_and_lifts_bans() {
         connack_code(&node, "ctl-car").await == ConnectReturnCode::Success
     })
     .await;
-    let error = run_ctl(&node, false, &["bans", "remove", "client-id", "ctl-car"])
+    let error = ctl(&node, false, &["bans", "remove", "client-id", "ctl-car"])
         .await
         .unwrap_err();
     assert!(
         error.contains("404") && error.contains("not banned"),
         "{error}"
     );
-    let error = run_ctl(&node, false, &["bans", "add", "address", "300.1.2.3"])
+    let error = ctl(&node, false, &["bans", "add", "address", "300.1.2.3"])
         .await
         .unwrap_err();
     assert!(

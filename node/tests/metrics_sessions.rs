@@ -48,6 +48,16 @@ fn depths(exposition: &Exposition) -> Depths {
     }
 }
 
+/// Whether a scrape shows the `idle` depths and an empty registry mailbox.
+async fn is_idle(node: &AdminNode, idle: &Depths) -> bool {
+    let exposition = node.scrape().await;
+    depths(&exposition) == *idle
+        && exposition.sum(
+            "starling_actor_mailbox_depth",
+            &[("actor", "registry_shard")],
+        ) == 0.0
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn session_depths_follow_a_subscriber_that_withholds_its_acknowledgements() {
     let node = AdminNode::start_with("", None, false).await;
@@ -66,15 +76,7 @@ async fn session_depths_follow_a_subscriber_that_withholds_its_acknowledgements(
         by_inflight: [2.0; 4],
         by_queued: [2.0; 4],
     };
-    eventually(PROMPTLY, "idle figures", || async {
-        let exposition = node.scrape().await;
-        depths(&exposition) == idle
-            && exposition.sum(
-                "starling_actor_mailbox_depth",
-                &[("actor", "registry_shard")],
-            ) == 0.0
-    })
-    .await;
+    eventually(PROMPTLY, "idle figures", || is_idle(&node, &idle)).await;
 
     for idx in 0..NUM_MESSAGES {
         publisher
@@ -137,13 +139,8 @@ async fn session_depths_follow_a_subscriber_that_withholds_its_acknowledgements(
         subscriber.client.ack(&publish).await.unwrap();
         num_acked += 1;
     }
-    eventually(PROMPTLY, "the depths back at zero", || async {
-        let exposition = node.scrape().await;
-        depths(&exposition) == idle
-            && exposition.sum(
-                "starling_actor_mailbox_depth",
-                &[("actor", "registry_shard")],
-            ) == 0.0
+    eventually(PROMPTLY, "the depths back at zero", || {
+        is_idle(&node, &idle)
     })
     .await;
     assert!(node

@@ -3,7 +3,7 @@
 //! watcher is woken so a new ban refuses new clients (CONNACK 0x8A) and kicks connected ones
 //! (DISCONNECT 0x98) at once rather than at its next poll.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use axum::{extract::State, http::StatusCode, Json};
 use clap::ValueEnum;
@@ -59,21 +59,35 @@ fn internal(error: &anyhow::Error) -> ApiError {
     )
 }
 
-/// Runs a file operation off the async workers, one edit at a time (a read-modify-write of
-/// the whole file: two at once would lose one).
-async fn edit<T: Send + 'static>(
+/// A ban as the caller names it: the JSON body of `POST`, the query of `DELETE`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct BanParams {
+    kind: String,
+    value: String,
+}
+
+/// Checks `params`, then applies `operation` (add or remove) to the ban file off the async
+/// workers, one edit at a time (a read-modify-write of the whole file: two at once would lose
+/// one), and wakes the auth watcher. Returns the kind, the value as stored and whether the
+/// file changed.
+async fn edit_ban(
     state: &AdminState,
-    operation: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
-) -> ApiResult<T> {
+    params: &BanParams,
+    operation: fn(&Path, BanKind, &str) -> anyhow::Result<bool>,
+) -> ApiResult<(BanKind, String, bool)> {
+    let path = ban_file(state)?;
+    let (kind, value) = parse_ban(&params.kind, &params.value)?;
+    let stored = value.clone();
     let _edit = state.ban_edits.lock().await;
-    let result = tokio::task::spawn_blocking(operation)
+    let changed = tokio::task::spawn_blocking(move || operation(&path, kind, &stored))
         .await
         .map_err(|error| internal(&anyhow::anyhow!("ban list task failed: {error}")))?
         .map_err(|error| internal(&error))?;
     if let Some(auth) = &state.auth {
         auth.request_reload();
     }
-    Ok(result)
+    Ok((kind, value, changed))
 }
 
 /// `GET /api/v1/bans`: every ban as `{kind, value}`, in file order by kind.
@@ -93,22 +107,12 @@ pub(crate) async fn list(State(state): State<AdminState>) -> ApiResult<Json<Valu
     Ok(Json(json!({ "ban_file": shown, "bans": bans })))
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct BanRequest {
-    kind: String,
-    value: String,
-}
-
 /// `POST /api/v1/bans` with `{"kind", "value"}`: 201 when added, 200 when it was there.
 pub(crate) async fn add(
     State(state): State<AdminState>,
-    ApiJson(request): ApiJson<BanRequest>,
+    ApiJson(params): ApiJson<BanParams>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
-    let path = ban_file(&state)?;
-    let (kind, value) = parse_ban(&request.kind, &request.value)?;
-    let stored = value.clone();
-    let added = edit(&state, move || bans::add_ban(&path, kind, &stored)).await?;
+    let (kind, value, added) = edit_ban(&state, &params, bans::add_ban).await?;
     tracing::info!(kind = kind.name(), %value, added, "ban added through the admin api");
     let status = if added {
         StatusCode::CREATED
@@ -121,22 +125,12 @@ pub(crate) async fn add(
     ))
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct RemoveParams {
-    kind: String,
-    value: String,
-}
-
 /// `DELETE /api/v1/bans?kind=&value=`: 404 when there is no such ban.
 pub(crate) async fn remove(
     State(state): State<AdminState>,
-    ApiQuery(params): ApiQuery<RemoveParams>,
+    ApiQuery(params): ApiQuery<BanParams>,
 ) -> ApiResult<Json<Value>> {
-    let path = ban_file(&state)?;
-    let (kind, value) = parse_ban(&params.kind, &params.value)?;
-    let stored = value.clone();
-    let removed = edit(&state, move || bans::remove_ban(&path, kind, &stored)).await?;
+    let (kind, value, removed) = edit_ban(&state, &params, bans::remove_ban).await?;
     if !removed {
         return Err(ApiError::not_found(format!(
             "{} {value:?} is not banned",
