@@ -11,7 +11,10 @@
 pub mod histogram;
 pub mod striped;
 
-use std::sync::Arc;
+use std::sync::{
+    atomic::{AtomicI64, Ordering},
+    Arc,
+};
 
 use metrics::{counter, gauge, Counter, Gauge};
 use parking_lot::RwLock;
@@ -229,6 +232,34 @@ impl ActorMetrics {
     }
 }
 
+/// Messages sent to the actors of a kind and not yet handled, for actors with many senders:
+/// ractor's unbounded mailbox does not tell its length, so each send adds one and the handler
+/// subtracts one, a single relaxed atomic operation each way. The node reads it at scrape
+/// (`starling_actor_mailbox_depth{actor}`).
+#[derive(Clone, Default)]
+pub struct MailboxDepth(Arc<AtomicI64>);
+
+impl MailboxDepth {
+    /// Counts a message about to be sent (before the send, so the handler's decrement never
+    /// comes first).
+    #[inline]
+    pub fn sent(&self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a message the handler took, or one whose send failed.
+    #[inline]
+    pub fn taken(&self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Returns the messages sent and not yet taken. Never negative: a send happens before its
+    /// message is taken, and the channel orders the two updates.
+    pub fn get(&self) -> i64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
 /// Counters and gauges the connection tasks, the router and the registry update.
 #[derive(Clone)]
 pub struct BrokerMetrics {
@@ -281,6 +312,9 @@ pub struct BrokerMetrics {
     pub topic_shard_mailbox_depth: Gauge,
     /// Session registry shard actors (`actor="registry_shard"`).
     pub registry_shards: ActorMetrics,
+    /// `starling_actor_mailbox_depth{actor="registry_shard"}`: messages sent to registry shards
+    /// and not yet handled (set by the node at scrape).
+    pub registry_mailbox_depth: MailboxDepth,
     /// `starling_actor_failures_total` (incremented by the supervisor; registered here so the
     /// series exists from the start).
     pub actor_failures: Counter,
@@ -322,6 +356,7 @@ impl BrokerMetrics {
             topic_shards: ActorMetrics::register("topic_shard"),
             topic_shard_mailbox_depth: gauge!("starling_actor_mailbox_depth", "actor" => "topic_shard"),
             registry_shards: ActorMetrics::register("registry_shard"),
+            registry_mailbox_depth: MailboxDepth::default(),
             actor_failures: counter!("starling_actor_failures_total"),
         }
     }
@@ -374,6 +409,18 @@ impl ListenerMetrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mailbox_depth_counts_sent_and_taken_messages() {
+        let depth = MailboxDepth::default();
+        let sender = depth.clone();
+        sender.sent();
+        sender.sent();
+        assert_eq!(depth.get(), 2);
+        depth.taken();
+        depth.taken();
+        assert_eq!(depth.get(), 0);
+    }
 
     #[test]
     fn close_reasons_index_their_counters_in_label_order() {

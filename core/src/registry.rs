@@ -20,10 +20,11 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::time::Instant;
 
 mod inspect;
+mod shard_ref;
 
 pub use inspect::{
-    ConnectionInfo, DeleteSessionOutcome, RegistryStats, RegistryUnavailable, SessionInfo,
-    SessionQuery,
+    ConnectionInfo, DeleteSessionOutcome, DepthBuckets, RegistryStats, RegistryUnavailable,
+    SessionInfo, SessionQuery, SESSION_DEPTH_BOUNDS,
 };
 
 use crate::{
@@ -169,7 +170,11 @@ impl Actor for RegistryShard {
         myself: ActorRef<Self::Msg>,
         _: (),
     ) -> Result<Self::State, ActorProcessingErr> {
-        myself.send_interval(REGISTRY_TICK, || RegistryMessage::Tick(Instant::now()));
+        let depth = self.context.metrics.registry_mailbox_depth.clone();
+        myself.send_interval(REGISTRY_TICK, move || {
+            depth.sent();
+            RegistryMessage::Tick(Instant::now())
+        });
         Ok(RegistryShardState {
             sessions: HashMap::new(),
             next_epoch: 1,
@@ -184,6 +189,7 @@ impl Actor for RegistryShard {
     ) -> Result<(), ActorProcessingErr> {
         let context = &self.context;
         context.metrics.registry_shards.handled.increment(1);
+        context.metrics.registry_mailbox_depth.taken();
         match message {
             RegistryMessage::Register(client_id, clean_start, protocol, reply) => {
                 let epoch = state.next_epoch;
@@ -346,7 +352,8 @@ impl Actor for RegistryShard {
 /// Handle to the registry shards. Cheap to clone.
 #[derive(Clone)]
 pub struct SessionRegistry {
-    shards: Arc<[ActorRef<RegistryMessage>]>,
+    /// Every send to a shard goes through its `ShardRef`, which counts the mailbox depth.
+    shards: Arc<[shard_ref::ShardRef]>,
     context: Arc<RegistryContext>,
 }
 
@@ -369,7 +376,10 @@ impl SessionRegistry {
                 supervisor.clone(),
             )
             .await?;
-            shards.push(actor);
+            shards.push(shard_ref::ShardRef::new(
+                actor,
+                context.metrics.registry_mailbox_depth.clone(),
+            ));
         }
         Ok(SessionRegistry {
             shards: shards.into(),
@@ -377,11 +387,16 @@ impl SessionRegistry {
         })
     }
 
-    fn shard(&self, client_id: &str) -> &ActorRef<RegistryMessage> {
+    fn shard(&self, client_id: &str) -> &shard_ref::ShardRef {
         use std::hash::{Hash, Hasher};
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         client_id.hash(&mut hasher);
         &self.shards[(hasher.finish() % self.shards.len() as u64) as usize]
+    }
+
+    /// Returns the messages sent to the registry shards and not yet handled.
+    pub fn mailbox_depth(&self) -> i64 {
+        self.context.metrics.registry_mailbox_depth.get()
     }
 
     pub(crate) fn epoch(&self) -> Instant {

@@ -17,7 +17,7 @@ mod state;
 use std::{
     collections::VecDeque,
     sync::{
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicU32, AtomicU64, Ordering},
         Arc,
     },
     task::{Context, Poll, Waker},
@@ -59,6 +59,10 @@ struct SessionShared {
     persistent: std::sync::atomic::AtomicBool,
     /// Milliseconds since the broker epoch after which a silent client is closed; 0 = never.
     keep_alive_deadline_ms: AtomicU64,
+    /// Outbound QoS 1/2 messages in flight (sent, not yet acknowledged) as last reported by
+    /// the connection task (once per turn of its loop) or by `park`; read only by the
+    /// registry's metrics sweep, so a relaxed store suffices.
+    num_inflight: AtomicU32,
     mailbox: Mutex<Mailbox>,
 }
 
@@ -135,6 +139,7 @@ impl SessionHandle {
             client_id,
             persistent: std::sync::atomic::AtomicBool::new(false),
             keep_alive_deadline_ms: AtomicU64::new(0),
+            num_inflight: AtomicU32::new(inflight_figure(state.outbound.len())),
             mailbox: Mutex::new(Mailbox {
                 parked: Some(state),
                 ..Mailbox::default()
@@ -160,6 +165,19 @@ impl SessionHandle {
     /// Returns the number of queued, not yet sent messages.
     pub fn queue_len(&self) -> usize {
         self.0.mailbox.lock().queue.len()
+    }
+
+    /// Returns the outbound QoS 1/2 messages in flight (sent, not yet acknowledged), as last
+    /// reported by the task running the session; for an offline session, those it will resend.
+    pub fn num_inflight(&self) -> usize {
+        self.0.num_inflight.load(Ordering::Relaxed) as usize
+    }
+
+    /// Reports the session's outbound in-flight count for [`SessionHandle::num_inflight`].
+    pub(crate) fn report_inflight(&self, num_inflight: usize) {
+        self.0
+            .num_inflight
+            .store(inflight_figure(num_inflight), Ordering::Relaxed);
     }
 
     /// Queues a delivery, applying the session's limits and overflow policy.
@@ -342,6 +360,7 @@ impl SessionHandle {
     /// Parks the state when its connection closes, or hands it to a waiting takeover.
     /// Returns true if a takeover received it.
     pub(crate) fn park(&self, state: Box<SessionState>) -> bool {
+        self.report_inflight(state.outbound.len());
         let mut mailbox = self.0.mailbox.lock();
         if let Some(Control::Takeover { reply, .. }) = mailbox.control.take() {
             match reply.send(state) {
@@ -382,4 +401,9 @@ impl SessionHandle {
     pub fn same_session(&self, other: &SessionHandle) -> bool {
         Arc::ptr_eq(&self.0, &other.0)
     }
+}
+
+/// An in-flight count as the handle stores it (at most 65,535 packet identifiers exist).
+fn inflight_figure(num_inflight: usize) -> u32 {
+    u32::try_from(num_inflight).unwrap_or(u32::MAX)
 }

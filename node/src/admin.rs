@@ -6,10 +6,12 @@
 //! status only when the node itself cannot answer. When `admin.token` is set, every `/api/v1`
 //! request needs `Authorization: Bearer <token>`; the probes and `/metrics` never do.
 //!
+//! - [`bans`]: the ban list (list, add, remove), kept in `auth.ban_file`.
 //! - [`clients`]: clients and sessions (list, details, kick, subscriptions, delete).
 //! - [`messages`]: retained messages and publishing.
 //! - [`node_info`]: status, listeners, effective configuration, log level, OpenAPI document.
 
+mod bans;
 mod clients;
 mod messages;
 mod node_info;
@@ -30,7 +32,7 @@ use starling_core::Broker;
 use tokio::{net::TcpListener, sync::Semaphore, time::Instant};
 use tokio_util::sync::CancellationToken;
 
-use crate::{config::NodeConfig, logging::LogControl, readiness::Readiness};
+use crate::{auth::NodeAuth, config::NodeConfig, logging::LogControl, readiness::Readiness};
 
 /// Admin API requests handled at once; the others wait. Each one makes at most one call per
 /// registry shard at a time, so this bounds what the API puts into the actors' mailboxes.
@@ -52,6 +54,10 @@ pub(crate) struct AdminShared {
     pub(crate) started_at_wall: SystemTime,
     pub(crate) listeners: Vec<ListenerInfo>,
     pub(crate) admin_addr: SocketAddr,
+    /// The auth provider, woken after a ban list edit; `None` without an auth configuration.
+    pub(crate) auth: Option<Arc<NodeAuth>>,
+    /// Held across a read-modify-write of the ban file, so concurrent edits don't lose one.
+    pub(crate) ban_edits: tokio::sync::Mutex<()>,
     api_permits: Semaphore,
 }
 
@@ -71,6 +77,7 @@ pub(crate) struct AdminArgs {
     pub(crate) prometheus: Option<PrometheusHandle>,
     pub(crate) log_control: Option<LogControl>,
     pub(crate) listeners: Vec<ListenerInfo>,
+    pub(crate) auth: Option<Arc<NodeAuth>>,
 }
 
 /// One MQTT listener as `GET /api/v1/listeners` shows it.
@@ -100,6 +107,8 @@ pub(crate) async fn serve(listener: TcpListener, args: AdminArgs, shutdown: Canc
         started_at_wall: SystemTime::now(),
         listeners: args.listeners,
         admin_addr,
+        auth: args.auth,
+        ban_edits: tokio::sync::Mutex::new(()),
         api_permits: Semaphore::new(MAX_CONCURRENT_API_REQUESTS),
     }));
     let app = router(state);
@@ -130,6 +139,10 @@ fn router(state: AdminState) -> Router {
             get(messages::list_retained).delete(messages::delete_retained),
         )
         .route("/publish", post(messages::publish))
+        .route(
+            "/bans",
+            get(bans::list).post(bans::add).delete(bans::remove),
+        )
         .route("/listeners", get(node_info::listeners))
         .route("/config", get(node_info::effective_config))
         .route(

@@ -126,6 +126,8 @@ pub struct NodeAuth {
     fake_secret: [u8; 32],
     /// Bounds argon2 verifications running at once (each takes ~20 MiB and tens of ms).
     argon2_slots: Arc<Semaphore>,
+    /// Wakes the watcher for an immediate look at the files (after an admin API edit).
+    reload_requested: Arc<tokio::sync::Notify>,
     shutdown: CancellationToken,
 }
 
@@ -165,6 +167,7 @@ impl NodeAuth {
             argon2_slots: Arc::new(Semaphore::new(
                 std::thread::available_parallelism().map_or(2, |n| n.get()),
             )),
+            reload_requested: Arc::new(tokio::sync::Notify::new()),
             shutdown: CancellationToken::new(),
         });
         for file in FILES {
@@ -278,6 +281,7 @@ impl NodeAuth {
         let weak = Arc::downgrade(self);
         let interval = self.config.reload_interval;
         let shutdown = self.shutdown.clone();
+        let reload_requested = self.reload_requested.clone();
         tokio::spawn(async move {
             let mut hangup =
                 tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
@@ -294,6 +298,7 @@ impl NodeAuth {
                 let forced = tokio::select! {
                     () = shutdown.cancelled() => return,
                     _ = reload_tick.tick() => false,
+                    () = reload_requested.notified() => false,
                     _ = expiry_tick.tick() => {
                         let Some(auth) = weak.upgrade() else { return };
                         let expired = auth.live.kick_expired(SystemTime::now());
@@ -323,6 +328,12 @@ impl NodeAuth {
                 }
             }
         });
+    }
+
+    /// Makes the watcher look at the files now instead of at its next tick; a changed file is
+    /// reloaded (and a new ban enforced) at once.
+    pub fn request_reload(&self) {
+        self.reload_requested.notify_one();
     }
 
     /// Stops the watcher task.

@@ -1,8 +1,10 @@
 //! `starling ctl ...`: the admin API for people (tables) and scripts (`--json`).
 //!
+//! - [`bans`]: `starling ctl bans ...`, the ban list.
 //! - [`client`]: the blocking HTTP client.
 //! - [`table`]: plain-text tables.
 
+pub mod bans;
 pub mod client;
 pub mod table;
 
@@ -12,6 +14,7 @@ use clap::{Args, Subcommand};
 use serde_json::{json, Value};
 
 use self::{
+    bans::BansCommand,
     client::{encode_path_segment, AdminClient, Method},
     table::{cell, write_fields, write_table},
 };
@@ -72,6 +75,12 @@ pub enum CtlCommand {
         /// Sets the RETAIN flag (an empty payload clears the topic's retained message).
         #[arg(long)]
         retain: bool,
+    },
+    /// Lists, adds or lifts bans (client id, user name, certificate serial, address).
+    Bans {
+        /// What to do with the ban list.
+        #[command(subcommand)]
+        command: BansCommand,
     },
     /// Lists the node's listeners.
     Listeners,
@@ -274,6 +283,7 @@ pub fn run(args: &CtlArgs, out: &mut dyn Write) -> anyhow::Result<()> {
                 )
             },
         ),
+        CtlCommand::Bans { command } => bans::call(&client, command)?,
         CtlCommand::Listeners => (
             client.call(Method::Get, "/api/v1/listeners", &[], None)?,
             render_listeners,

@@ -149,6 +149,7 @@ pub async fn start_node_with(
             prometheus: prometheus.clone(),
             log_control: options.log_control,
             listeners: admin_listeners,
+            auth: node_auth.clone(),
         };
         admin_tasks.push(tokio::spawn(admin::serve(
             admin_listener,

@@ -22,6 +22,7 @@ use metrics::{describe_counter, describe_gauge, gauge};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use starling_core::{
     metrics::{histogram, striped},
+    registry::{DepthBuckets, SESSION_DEPTH_BOUNDS},
     Broker,
 };
 
@@ -86,9 +87,24 @@ pub(crate) async fn sample_gauges(broker: &Broker, ready: bool) {
             gauge!("starling_sessions_offline").set(stats.num_offline as f64);
             gauge!("starling_session_queued_messages").set(stats.num_queued_messages as f64);
             gauge!("starling_wills_pending").set(stats.num_pending_wills as f64);
+            gauge!("starling_session_inflight_messages").set(stats.num_inflight_messages as f64);
+            gauge!("starling_session_largest_inflight_messages")
+                .set(stats.max_inflight_messages as f64);
+            gauge!("starling_session_largest_queued_messages")
+                .set(stats.max_queued_messages as f64);
+            set_depth_buckets(
+                "starling_sessions_by_inflight_messages",
+                &stats.sessions_by_inflight,
+            );
+            set_depth_buckets(
+                "starling_sessions_by_queued_messages",
+                &stats.sessions_by_queued,
+            );
         }
         Err(error) => tracing::warn!(%error, "session figures not sampled"),
     }
+    gauge!("starling_actor_mailbox_depth", "actor" => "registry_shard")
+        .set(broker.registry().mailbox_depth() as f64);
     gauge!("starling_shared_subscription_groups").set(broker.router().num_shared_groups() as f64);
     let sample = process::sample();
     let figures = [
@@ -110,6 +126,28 @@ pub(crate) async fn sample_gauges(broker: &Broker, ready: bool) {
         if let Some(value) = value {
             gauge!(name).set(value);
         }
+    }
+}
+
+/// Label values `le` of the session depth buckets: the bounds, then `+Inf`.
+fn depth_bucket_labels() -> &'static [String] {
+    static LABELS: OnceLock<Vec<String>> = OnceLock::new();
+    LABELS.get_or_init(|| {
+        SESSION_DEPTH_BOUNDS
+            .iter()
+            .map(ToString::to_string)
+            .chain(["+Inf".to_owned()])
+            .collect()
+    })
+}
+
+/// Sets one gauge per bucket bound: sessions whose depth is at most `le` (cumulative, like a
+/// histogram's buckets, so `histogram_quantile` reads percentiles across sessions).
+fn set_depth_buckets(name: &'static str, buckets: &DepthBuckets) {
+    let mut cumulative = 0;
+    for (count, le) in buckets.iter().zip(depth_bucket_labels()) {
+        cumulative += count;
+        gauge!(name, "le" => le.as_str()).set(cumulative as f64);
     }
 }
 

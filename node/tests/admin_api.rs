@@ -9,11 +9,11 @@ mod admin_support;
 use std::time::Duration;
 
 use admin_support::{
-    connect_v5, eventually, request, AdminNode, RawV5, DISCONNECT_ADMINISTRATIVE_ACTION, PROMPTLY,
+    connect_v5, ctl_args, eventually, request, run_ctl, AdminNode, RawV5,
+    DISCONNECT_ADMINISTRATIVE_ACTION, PROMPTLY,
 };
 use rumqttc::v5::{mqttbytes::QoS, Incoming};
 use serde_json::{json, Value};
-use starling_node::ctl::{self, CtlArgs};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -38,6 +38,9 @@ async fn probes_answer_and_the_openapi_document_lists_every_endpoint() {
         ("/api/v1/retained", "get"),
         ("/api/v1/retained", "delete"),
         ("/api/v1/publish", "post"),
+        ("/api/v1/bans", "get"),
+        ("/api/v1/bans", "post"),
+        ("/api/v1/bans", "delete"),
         ("/api/v1/listeners", "get"),
         ("/api/v1/config", "get"),
         ("/api/v1/log-level", "get"),
@@ -495,38 +498,6 @@ async fn readiness_turns_false_first_while_the_node_drains() {
         tokio::net::TcpStream::connect(admin_addr).await.is_err(),
         "the admin listener stops last"
     );
-}
-
-fn ctl_args(node: &AdminNode, json: bool, command: &[&str]) -> CtlArgs {
-    use clap::Parser;
-
-    #[derive(Parser)]
-    struct Harness {
-        #[command(flatten)]
-        ctl: CtlArgs,
-    }
-    let url = format!("http://{}", node.admin_addr);
-    let mut argv = vec!["ctl", "--url", url.as_str()];
-    if let Some(token) = &node.token {
-        argv.extend(["--token", token.as_str()]);
-    }
-    if json {
-        argv.push("--json");
-    }
-    argv.extend(command);
-    Harness::try_parse_from(argv).unwrap().ctl
-}
-
-/// Runs `starling ctl` in-process (it blocks, so off the async workers).
-async fn run_ctl(args: CtlArgs) -> Result<String, String> {
-    tokio::task::spawn_blocking(move || {
-        let mut out = Vec::new();
-        ctl::run(&args, &mut out)
-            .map(|()| String::from_utf8(out).unwrap())
-            .map_err(|error| format!("{error:#}"))
-    })
-    .await
-    .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

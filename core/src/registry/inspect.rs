@@ -74,6 +74,19 @@ pub enum DeleteSessionOutcome {
     Online,
 }
 
+/// Upper bounds of the buckets of [`RegistryStats::sessions_by_inflight`] and
+/// [`RegistryStats::sessions_by_queued`]; a last bucket takes everything above.
+pub const SESSION_DEPTH_BOUNDS: [usize; 12] = [0, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 10_000];
+
+/// Sessions per depth bucket: `[idx]` counts sessions whose depth is at most
+/// `SESSION_DEPTH_BOUNDS[idx]` and above the bound before (not cumulative); the last entry
+/// counts those above every bound.
+pub type DepthBuckets = [usize; SESSION_DEPTH_BOUNDS.len() + 1];
+
+fn depth_bucket(depth: usize) -> usize {
+    SESSION_DEPTH_BOUNDS.partition_point(|bound| *bound < depth)
+}
+
 /// Aggregate figures over every registry shard.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RegistryStats {
@@ -85,6 +98,53 @@ pub struct RegistryStats {
     pub num_queued_messages: usize,
     /// Delayed wills waiting for their delay or their session's end.
     pub num_pending_wills: usize,
+    /// Outbound QoS 1/2 messages in flight (sent, not acknowledged) over every session.
+    pub num_inflight_messages: usize,
+    /// The largest in-flight count of one session.
+    pub max_inflight_messages: usize,
+    /// The longest queue of one session.
+    pub max_queued_messages: usize,
+    /// Sessions by their in-flight count.
+    pub sessions_by_inflight: DepthBuckets,
+    /// Sessions by their queue length.
+    pub sessions_by_queued: DepthBuckets,
+}
+
+impl RegistryStats {
+    /// Counts one session with `num_queued` queued and `num_inflight` in-flight messages.
+    fn add_session(&mut self, num_queued: usize, num_inflight: usize) {
+        self.num_queued_messages += num_queued;
+        self.num_inflight_messages += num_inflight;
+        self.max_queued_messages = self.max_queued_messages.max(num_queued);
+        self.max_inflight_messages = self.max_inflight_messages.max(num_inflight);
+        self.sessions_by_queued[depth_bucket(num_queued)] += 1;
+        self.sessions_by_inflight[depth_bucket(num_inflight)] += 1;
+    }
+
+    /// Adds the figures of another shard.
+    fn merge(&mut self, other: &RegistryStats) {
+        self.num_online += other.num_online;
+        self.num_offline += other.num_offline;
+        self.num_queued_messages += other.num_queued_messages;
+        self.num_pending_wills += other.num_pending_wills;
+        self.num_inflight_messages += other.num_inflight_messages;
+        self.max_queued_messages = self.max_queued_messages.max(other.max_queued_messages);
+        self.max_inflight_messages = self.max_inflight_messages.max(other.max_inflight_messages);
+        for (total, part) in self
+            .sessions_by_queued
+            .iter_mut()
+            .zip(other.sessions_by_queued)
+        {
+            *total += part;
+        }
+        for (total, part) in self
+            .sessions_by_inflight
+            .iter_mut()
+            .zip(other.sessions_by_inflight)
+        {
+            *total += part;
+        }
+    }
 }
 
 /// Operator requests to a registry shard; one at a time per admin request, so the unbounded
@@ -204,7 +264,7 @@ pub(super) fn handle(
                 } else {
                     stats.num_offline += 1;
                 }
-                stats.num_queued_messages += entry.handle.queue_len();
+                stats.add_session(entry.handle.queue_len(), entry.handle.num_inflight());
                 stats.num_pending_wills += usize::from(entry.will.is_some());
             }
             let _ = reply.send(stats);
@@ -308,7 +368,8 @@ impl SessionRegistry {
         .map_err(|error| RegistryUnavailable(error.to_string()))
     }
 
-    /// Returns aggregate figures over every shard (each shard walks its sessions once).
+    /// Returns aggregate figures over every shard (each shard walks its sessions once, reading
+    /// each session's queue length and last reported in-flight count).
     ///
     /// # Errors
     /// Returns [`RegistryUnavailable`] if a shard does not answer in time.
@@ -321,11 +382,36 @@ impl SessionRegistry {
                 REGISTRY_CALL_TIMEOUT_MS
             )
             .map_err(|error| RegistryUnavailable(error.to_string()))?;
-            totals.num_online += stats.num_online;
-            totals.num_offline += stats.num_offline;
-            totals.num_queued_messages += stats.num_queued_messages;
-            totals.num_pending_wills += stats.num_pending_wills;
+            totals.merge(&stats);
         }
         Ok(totals)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sessions_are_counted_in_the_bucket_of_their_depth() {
+        assert_eq!(depth_bucket(0), 0);
+        assert_eq!(depth_bucket(1), 1);
+        assert_eq!(depth_bucket(3), 3);
+        assert_eq!(depth_bucket(10_000), SESSION_DEPTH_BOUNDS.len() - 1);
+        assert_eq!(depth_bucket(10_001), SESSION_DEPTH_BOUNDS.len());
+        let mut shard_a = RegistryStats::default();
+        shard_a.add_session(0, 7);
+        let mut shard_b = RegistryStats::default();
+        shard_b.add_session(3, 0);
+        shard_b.add_session(20_000, 1);
+        shard_a.merge(&shard_b);
+        assert_eq!(shard_a.num_inflight_messages, 8);
+        assert_eq!(shard_a.max_inflight_messages, 7);
+        assert_eq!(shard_a.max_queued_messages, 20_000);
+        assert_eq!(shard_a.sessions_by_inflight[0], 1);
+        assert_eq!(shard_a.sessions_by_inflight[1], 1);
+        assert_eq!(shard_a.sessions_by_inflight[4], 1);
+        assert_eq!(shard_a.sessions_by_queued[SESSION_DEPTH_BOUNDS.len()], 1);
+        assert_eq!(shard_a.sessions_by_queued.iter().sum::<usize>(), 3);
     }
 }

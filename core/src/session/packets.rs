@@ -525,12 +525,15 @@ impl<T: Transport> Connection<T> {
             let room = window.saturating_sub(self.state.outbound.len());
             let batch = self.handle.pop_batch(DRAIN_BATCH, room);
             if batch.is_empty() {
-                return;
+                break;
             }
             for delivery in batch {
                 self.send_delivery(delivery, now);
             }
         }
+        // Once per turn of the connection loop (acknowledgements were handled before it), so
+        // the metrics sweep sees the count without a store per packet.
+        self.handle.report_inflight(self.state.outbound.len());
     }
 
     fn send_delivery(&mut self, mut delivery: Delivery, now: Instant) {

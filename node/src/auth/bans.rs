@@ -22,6 +22,18 @@ pub enum BanKind {
     Address,
 }
 
+impl BanKind {
+    /// The kind's name in `starling ban`, the ban listing and the admin API.
+    pub fn name(self) -> &'static str {
+        match self {
+            BanKind::ClientId => "client-id",
+            BanKind::Username => "username",
+            BanKind::CertSerial => "cert-serial",
+            BanKind::Address => "address",
+        }
+    }
+}
+
 /// The file's content.
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
@@ -199,7 +211,8 @@ fn list_of(file: &mut BanFile, kind: BanKind) -> &mut Vec<String> {
     }
 }
 
-fn normalize(kind: BanKind, value: &str) -> anyhow::Result<String> {
+/// Checks and normalises a value of `kind` as the file stores it.
+pub(crate) fn normalize(kind: BanKind, value: &str) -> anyhow::Result<String> {
     match kind {
         BanKind::CertSerial => Ok(normalize_serial(value)),
         BanKind::Address => {

@@ -11,8 +11,11 @@ pub(crate) use poll::eventually;
 
 use serde_json::Value;
 use starling_node::{
-    load_node_config, logging::ReloadableFilter, metrics::text, start_node_with, LogControl,
-    NodeOptions, RunningNode,
+    ctl::{self, CtlArgs},
+    load_node_config,
+    logging::ReloadableFilter,
+    metrics::text,
+    start_node_with, LogControl, NodeOptions, RunningNode,
 };
 use tempfile::TempDir;
 use tokio::{
@@ -362,3 +365,37 @@ impl RawV5 {
 
 /// DISCONNECT with reason code 0x98 (Administrative action) and no properties.
 pub(crate) const DISCONNECT_ADMINISTRATIVE_ACTION: [u8; 4] = [0xE0, 0x02, 0x98, 0x00];
+
+/// Parses `starling ctl` arguments aimed at `node` (with its token, if any).
+pub(crate) fn ctl_args(node: &AdminNode, json: bool, command: &[&str]) -> CtlArgs {
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Harness {
+        #[command(flatten)]
+        ctl: CtlArgs,
+    }
+    let url = format!("http://{}", node.admin_addr);
+    let mut argv = vec!["ctl", "--url", url.as_str()];
+    if let Some(token) = &node.token {
+        argv.extend(["--token", token.as_str()]);
+    }
+    if json {
+        argv.push("--json");
+    }
+    argv.extend(command);
+    Harness::try_parse_from(argv).unwrap().ctl
+}
+
+/// Runs `starling ctl` in-process (it blocks, so off the async workers); the error is the
+/// message it would print.
+pub(crate) async fn run_ctl(args: CtlArgs) -> Result<String, String> {
+    tokio::task::spawn_blocking(move || {
+        let mut out = Vec::new();
+        ctl::run(&args, &mut out)
+            .map(|()| String::from_utf8(out).unwrap())
+            .map_err(|error| format!("{error:#}"))
+    })
+    .await
+    .unwrap()
+}

@@ -389,8 +389,12 @@ impl Subscriber {
     pub(crate) async fn run(&self, control: CycleControl) -> Ended {
         match self.kind {
             SubscriberKind::Raw(version) => self.run_raw(version, control).await,
-            SubscriberKind::RumqttcV5 => super::rumqttc_subscriber::run_v5(self, control).await,
-            SubscriberKind::RumqttcV4 => super::rumqttc_subscriber::run_v4(self, control).await,
+            SubscriberKind::RumqttcV5 => {
+                super::rumqttc_subscriber::run::<super::rumqttc_subscriber::V5>(self, control).await
+            }
+            SubscriberKind::RumqttcV4 => {
+                super::rumqttc_subscriber::run::<super::rumqttc_subscriber::V4>(self, control).await
+            }
         }
     }
 
