@@ -280,8 +280,10 @@ pub(crate) type RawOp<'batch> = (Keyspace, Cow<'batch, [u8]>, Option<Cow<'batch,
 /// wrote it was applied. A queue key is written once (its sequence is fresh), so an entry put
 /// and removed within a group did not exist before the group and does not exist after it;
 /// the group is applied as one unit before any of its requests completes, so skipping both
-/// leaves the same store at every point anyone can observe. Groups with a `DeleteSession`
-/// (which reads the queue entries it removes) skip nothing.
+/// leaves the same store at every point anyone can observe. Only for backends that apply a
+/// group atomically: with a crash between two batches of a group, the first batch would
+/// survive without its skipped entry. Groups with a `DeleteSession` (which reads the queue
+/// entries it removes) skip nothing.
 #[derive(Debug, Default)]
 pub(crate) struct TransientEntries<'group> {
     keys: KeySet<'group>,

@@ -192,7 +192,11 @@ impl Store for SledStore {
 
     fn apply(&self, batches: &[WriteBatch]) -> Result<ApplyStats, StorageError> {
         let _apply_guard = self.apply_lock.lock();
-        let transient = TransientEntries::find(batches);
+        // Each batch is its own sled batch, so a crash may keep any prefix of the group:
+        // skipping transient entries could then keep a later part of a batch (a publisher's
+        // QoS 2 packet id, which makes its resend look delivered) without the entry it skipped.
+        // So sled skips nothing; redb commits a group as one transaction.
+        let transient = TransientEntries::default();
         for batch in batches {
             let raw_ops = resolve(batch, self, &transient)?;
             let mut sled_batch = sled::Batch::default();
