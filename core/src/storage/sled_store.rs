@@ -43,13 +43,9 @@ impl SledStore {
             path: path.to_path_buf(),
             reason,
         };
-        // No background flusher thread: the storage writer flushes after every group (or on its
-        // own interval with `fsync = "never"`), and sled 0.34's flusher is one of the threads in
-        // its known deadlock under load (spacejam/sled#1412; BENCHMARKS.md).
         let config = sled::Config::new()
             .path(path)
-            .mode(sled::Mode::HighThroughput)
-            .flush_every_ms(None);
+            .mode(sled::Mode::HighThroughput);
         // sled 0.34 panics on some kinds of corruption instead of returning an error.
         let db = match catch_unwind(AssertUnwindSafe(|| config.open())) {
             Ok(Ok(db)) => db,
