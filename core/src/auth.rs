@@ -71,8 +71,13 @@ pub struct Principal {
 pub struct ConnectRequest<'a> {
     /// Client identifier (assigned by the broker if the client sent none).
     pub client_id: &'a str,
-    /// User Name field.
+    /// User Name field, or the verified certificate's identity when the listener takes the user
+    /// name from the certificate (see `username_from_certificate`).
     pub username: Option<&'a str>,
+    /// The user name is the identity of the verified client certificate, because the listener's
+    /// `CertIdentityPolicy` says so (`cert_identity = "username"` or `"both"`): the certificate
+    /// has authenticated it, no password is needed, and the CONNECT user name was ignored.
+    pub username_from_certificate: bool,
     /// Password field.
     pub password: Option<&'a [u8]>,
     /// MQTT 5 Authentication Method.

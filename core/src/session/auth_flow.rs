@@ -101,6 +101,7 @@ pub(super) async fn authenticate_connect<T: Transport>(
     let request = ConnectRequest {
         client_id,
         username: certificate_username.or(connect.username.as_deref()),
+        username_from_certificate: certificate_username.is_some(),
         password: connect.password.as_deref(),
         method: method.as_deref(),
         data: connect.properties.authentication_data.as_deref(),

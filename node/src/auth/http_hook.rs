@@ -239,6 +239,7 @@ mod tests {
         let request = ConnectRequest {
             client_id: "c",
             username: Some("u"),
+            username_from_certificate: false,
             password: Some(b"p"),
             method: None,
             data: None,

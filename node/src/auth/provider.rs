@@ -1,8 +1,8 @@
 //! The decisions: which method authenticates a CONNECT, and the ACL checks.
 //!
 //! Order at CONNECT: the ban list (CONNACK 0x8A); an Authentication Method (only
-//! SCRAM-SHA-256, else 0x8C); a verified client certificate with
-//! `auth.certificate_as_username`; a JWT-shaped password when JWT is configured; a user in the
+//! SCRAM-SHA-256, else 0x8C); a verified client certificate on a listener whose
+//! `cert_identity` makes its identity the user name; a JWT-shaped password when JWT is configured; a user in the
 //! password file (argon2); the HTTP hook for everyone else presenting credentials; then
 //! clients without credentials: accepted with a verified certificate, else only with
 //! `mqtt.allow_anonymous`. A user name that no configured method can verify is refused with
@@ -184,22 +184,10 @@ impl NodeAuth {
                 "authentication method not supported",
             );
         }
-        let common_name = request.certificate.and_then(|c| c.common_name.as_deref());
-        if let (true, Some(common_name)) = (config.certificate_as_username, common_name) {
-            if request.username.is_some_and(|user| user != common_name) {
-                return refuse(
-                    "certificate",
-                    ReasonCode::BadUserNameOrPassword,
-                    "user name differs from the certificate",
-                );
-            }
-            return self.principal(
-                &seed,
-                Some(common_name.to_string()),
-                "certificate",
-                None,
-                None,
-            );
+        // The listener's `cert_identity` ("username" or "both") made the verified certificate's
+        // identity the user name: the TLS handshake authenticated it.
+        if let (true, Some(username)) = (request.username_from_certificate, request.username) {
+            return self.principal(&seed, Some(username.to_string()), "certificate", None, None);
         }
         if let (Some(jwt_config), Some(password)) = (&config.jwt, request.password) {
             if jwt::looks_like_jwt(password) {

@@ -14,7 +14,8 @@ pub(crate) struct AuthV1 {
     password_file: Option<PathBuf>,
     ban_file: Option<PathBuf>,
     reload_interval_ms: Option<u64>,
-    certificate_as_username: Option<bool>,
+    /// Removed: the listener's `cert_identity` decides. Kept only to name it in the error.
+    certificate_as_username: Option<toml::Value>,
     #[serde(default)]
     jwt: JwtV1,
     #[serde(default)]
@@ -125,8 +126,6 @@ pub struct AuthConfig {
     pub ban_file: Option<PathBuf>,
     /// How often watched files are checked for changes.
     pub reload_interval: Duration,
-    /// A verified client certificate's common name becomes the user name.
-    pub certificate_as_username: bool,
     /// JWT in the password field.
     pub jwt: Option<JwtConfig>,
     /// HTTP authentication/authorization hook.
@@ -156,7 +155,6 @@ impl AuthConfig {
             || !self.acl_rules.is_empty()
             || self.acl_file.is_some()
             || self.rate_limits.is_some()
-            || self.certificate_as_username
             || !self.allow_anonymous
     }
 }
@@ -178,6 +176,13 @@ pub(crate) fn build_auth_config(
     max_topic_levels: usize,
     invalid: &dyn Fn(&str, &str) -> anyhow::Error,
 ) -> anyhow::Result<AuthConfig> {
+    if auth.certificate_as_username.is_some() {
+        return Err(invalid(
+            "auth.certificate_as_username",
+            "was removed: the listener decides how a client certificate names the client; \
+             use `[listeners.<name>] cert_identity = \"username\"` on the TLS listener instead",
+        ));
+    }
     let jwt = JwtConfig {
         hs256_secret_file: non_empty_path(auth.jwt.hs256_secret_file),
         jwks_file: non_empty_path(auth.jwt.jwks_file),
@@ -261,7 +266,6 @@ pub(crate) fn build_auth_config(
         password_file,
         ban_file: non_empty_path(auth.ban_file),
         reload_interval: Duration::from_millis(reload_interval_ms),
-        certificate_as_username: auth.certificate_as_username.unwrap_or(false),
         jwt,
         http,
         scram,
@@ -270,4 +274,34 @@ pub(crate) fn build_auth_config(
         rate_limits,
         allow_anonymous,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use crate::config::load_node_config;
+
+    #[test]
+    fn removed_certificate_as_username_points_to_the_listener() {
+        let toml =
+            "version = \"1\"\n\n[auth]\nreload_interval_ms = 500\ncertificate_as_username = true\n";
+        let Err(error) = load_node_config(toml, "starling.toml", &HashMap::new()) else {
+            panic!("the removed key is refused");
+        };
+        let error = error.to_string();
+        assert!(error.contains("line 5"), "{error}");
+        assert!(error.contains("auth.certificate_as_username"), "{error}");
+        assert!(
+            error.contains("[listeners.<name>] cert_identity = \"username\""),
+            "{error}"
+        );
+        // Also when it says false: the key is gone, not merely defaulted.
+        let toml = "version = \"1\"\n[auth]\ncertificate_as_username = false\n";
+        let Err(error) = load_node_config(toml, "starling.toml", &HashMap::new()) else {
+            panic!("the removed key is refused");
+        };
+        let error = error.to_string();
+        assert!(error.contains("line 3"), "{error}");
+    }
 }

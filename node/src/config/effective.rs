@@ -89,7 +89,6 @@ fn auth_json(auth: &crate::config::AuthConfig) -> Value {
         "password_file": path_text(auth.password_file.as_ref()),
         "ban_file": path_text(auth.ban_file.as_ref()),
         "reload_interval_ms": auth.reload_interval.as_millis() as u64,
-        "certificate_as_username": auth.certificate_as_username,
         "jwt": {
             "hs256_secret_file": path_text(jwt.and_then(|jwt| jwt.hs256_secret_file.as_ref())),
             "jwks_file": path_text(jwt.and_then(|jwt| jwt.jwks_file.as_ref())),
