@@ -53,33 +53,12 @@ use self::{
     password::PasswordDb,
 };
 
-/// Methods and results of `starling_auth_attempts_total`, all registered at start.
-const METHODS: [&str; 6] = [
-    "anonymous",
-    "password",
-    "jwt",
-    "http",
-    "scram",
-    "certificate",
-];
-const RESULTS: [&str; 5] = [
-    "success",
-    "bad_credentials",
-    "not_authorized",
-    "banned",
-    "unavailable",
-];
 const FILES: [&str; 4] = ["passwords", "acl", "bans", "jwt_keys"];
 
 /// Registers the node's security metrics at 0 (called at every node start, with or without
-/// an auth configuration, so the series always exist).
+/// an auth configuration, so the series always exist). `starling_auth_attempts_total` is the
+/// core's: it counts every attempt, with a provider or without.
 pub fn register_metrics() {
-    for method in METHODS {
-        for result in RESULTS {
-            counter!("starling_auth_attempts_total", "method" => method, "result" => result)
-                .absolute(0);
-        }
-    }
     for reason in ["banned", "expired"] {
         counter!("starling_auth_revocations_total", "reason" => reason).absolute(0);
     }
@@ -94,10 +73,6 @@ pub fn register_metrics() {
             counter!("starling_auth_reloads_total", "file" => file, "result" => result).absolute(0);
         }
     }
-}
-
-fn count_attempt(method: &'static str, result: &'static str) {
-    counter!("starling_auth_attempts_total", "method" => method, "result" => result).increment(1);
 }
 
 /// What the provider attaches to each principal.

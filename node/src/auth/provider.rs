@@ -18,7 +18,10 @@ use std::{
 use bytestring::ByteString;
 use metrics::counter;
 use starling_core::{
-    auth::{AuthDecision, AuthFuture, AuthProvider, ConnectRequest, Principal, SubscribeDecision},
+    auth::{
+        AuthDecision, AuthFuture, AuthMethod, AuthProvider, ConnectRequest, Principal,
+        SubscribeDecision,
+    },
     codec::{QoS, ReasonCode},
     session::SessionHandle,
     transport::{ListenerId, PeerCertificate},
@@ -26,7 +29,7 @@ use starling_core::{
 
 use super::{
     acl::{self, AclRule, Subject},
-    ban_subject, count_attempt,
+    ban_subject,
     http_hook::HookDecision,
     jwt, password, scram, Attributes, NodeAuth,
 };
@@ -56,15 +59,9 @@ impl Seed {
 /// Topic lists a token or the hook granted.
 type Grants = (Option<Vec<String>>, Option<Vec<String>>);
 
-fn refuse(method: &'static str, reason_code: ReasonCode, reason: &'static str) -> AuthDecision {
-    let result = match reason_code {
-        ReasonCode::BadUserNameOrPassword => "bad_credentials",
-        ReasonCode::Banned => "banned",
-        ReasonCode::ServerUnavailable | ReasonCode::ServerBusy => "unavailable",
-        _ => "not_authorized",
-    };
-    count_attempt(method, result);
-    AuthDecision::Refuse(reason_code, reason)
+/// Refuses the attempt; the core counts it in `starling_auth_attempts_total`.
+fn refuse(method: AuthMethod, reason_code: ReasonCode, reason: &'static str) -> AuthDecision {
+    AuthDecision::Refuse(method, reason_code, reason)
 }
 
 impl NodeAuth {
@@ -72,7 +69,7 @@ impl NodeAuth {
         &self,
         seed: &Seed,
         username: Option<String>,
-        method: &'static str,
+        method: AuthMethod,
         expires_at: Option<SystemTime>,
         grants: Option<Grants>,
     ) -> AuthDecision {
@@ -108,14 +105,13 @@ impl NodeAuth {
             }
         }
         let restricted = !rules.is_empty() || !self.acl.read().is_empty();
-        count_attempt(method, "success");
         AuthDecision::Accept {
             principal: Box::new(Principal {
                 id: self.next_id.fetch_add(1, Ordering::Relaxed),
                 client_id: seed.client_id.clone(),
                 username: username.map(ByteString::from),
                 method,
-                enhanced_method: (method == "scram")
+                enhanced_method: (method == AuthMethod::Scram)
                     .then(|| ByteString::from_static(scram::METHOD)),
                 peer: seed.peer,
                 listener: seed.listener,
@@ -147,8 +143,14 @@ impl NodeAuth {
             &self.fake_secret,
             expected_user,
             Box::new(move |user: &str| match me.upgrade() {
-                Some(auth) => auth.principal(&seed, Some(user.to_string()), "scram", None, None),
-                None => AuthDecision::Refuse(ReasonCode::ServerUnavailable, "shutting down"),
+                Some(auth) => {
+                    auth.principal(&seed, Some(user.to_string()), AuthMethod::Scram, None, None)
+                }
+                None => refuse(
+                    AuthMethod::Scram,
+                    ReasonCode::ServerUnavailable,
+                    "shutting down",
+                ),
             }),
         )
     }
@@ -172,14 +174,20 @@ impl NodeAuth {
             addr: request.peer.ip(),
         }) {
             tracing::info!(client_id = request.client_id, peer = %request.peer, kind, "banned client refused");
-            return refuse("anonymous", ReasonCode::Banned, "banned");
+            return refuse(AuthMethod::Anonymous, ReasonCode::Banned, "banned");
         }
         if let Some(method) = request.method {
             if method == scram::METHOD && config.scram {
                 return self.start_scram(seed, request.data, request.username);
             }
+            // SCRAM while it is disabled still counts as SCRAM; any other method as such.
+            let label = if method == scram::METHOD {
+                AuthMethod::Scram
+            } else {
+                AuthMethod::Enhanced
+            };
             return refuse(
-                "scram",
+                label,
                 ReasonCode::BadAuthenticationMethod,
                 "authentication method not supported",
             );
@@ -187,7 +195,13 @@ impl NodeAuth {
         // The listener's `cert_identity` ("username" or "both") made the verified certificate's
         // identity the user name: the TLS handshake authenticated it.
         if let (true, Some(username)) = (request.username_from_certificate, request.username) {
-            return self.principal(&seed, Some(username.to_string()), "certificate", None, None);
+            return self.principal(
+                &seed,
+                Some(username.to_string()),
+                AuthMethod::Certificate,
+                None,
+                None,
+            );
         }
         if let (Some(jwt_config), Some(password)) = (&config.jwt, request.password) {
             if jwt::looks_like_jwt(password) {
@@ -203,13 +217,17 @@ impl NodeAuth {
                     Ok(token) => self.principal(
                         &seed,
                         token.username,
-                        "jwt",
+                        AuthMethod::Jwt,
                         Some(token.expires_at),
                         Some((token.publish, token.subscribe)),
                     ),
                     Err(error) => {
                         tracing::info!(client_id = request.client_id, %error, "token refused");
-                        refuse("jwt", ReasonCode::BadUserNameOrPassword, "invalid token")
+                        refuse(
+                            AuthMethod::Jwt,
+                            ReasonCode::BadUserNameOrPassword,
+                            "invalid token",
+                        )
                     }
                 };
             }
@@ -226,13 +244,13 @@ impl NodeAuth {
                     return self.principal(
                         &seed,
                         Some(username.to_string()),
-                        "password",
+                        AuthMethod::Password,
                         None,
                         None,
                     );
                 }
                 return refuse(
-                    "password",
+                    AuthMethod::Password,
                     ReasonCode::BadUserNameOrPassword,
                     "bad user name or password",
                 );
@@ -248,7 +266,7 @@ impl NodeAuth {
                         self.principal(
                             &seed,
                             request.username.map(str::to_string),
-                            "http",
+                            AuthMethod::Http,
                             None,
                             grants,
                         )
@@ -256,7 +274,7 @@ impl NodeAuth {
                     Ok((HookDecision::Deny, cached)) => {
                         counter!("starling_auth_hook_requests_total", "result" => "deny", "cached" => if cached { "true" } else { "false" }).increment(1);
                         refuse(
-                            "http",
+                            AuthMethod::Http,
                             ReasonCode::BadUserNameOrPassword,
                             "bad user name or password",
                         )
@@ -265,7 +283,7 @@ impl NodeAuth {
                         counter!("starling_auth_hook_requests_total", "result" => "error", "cached" => "false").increment(1);
                         tracing::warn!(client_id = request.client_id, %error, "authentication hook failed");
                         refuse(
-                            "http",
+                            AuthMethod::Http,
                             ReasonCode::ServerUnavailable,
                             "authentication service unavailable",
                         )
@@ -274,20 +292,20 @@ impl NodeAuth {
             }
             if config.verifies_users() {
                 return refuse(
-                    "password",
+                    AuthMethod::Password,
                     ReasonCode::BadUserNameOrPassword,
                     "bad user name or password",
                 );
             }
         }
         if request.certificate.is_some() {
-            return self.principal(&seed, None, "certificate", None, None);
+            return self.principal(&seed, None, AuthMethod::Certificate, None, None);
         }
         if config.allow_anonymous {
-            return self.principal(&seed, None, "anonymous", None, None);
+            return self.principal(&seed, None, AuthMethod::Anonymous, None, None);
         }
         refuse(
-            "anonymous",
+            AuthMethod::Anonymous,
             ReasonCode::NotAuthorized,
             "anonymous access is disabled",
         )
@@ -340,7 +358,7 @@ impl AuthProvider for NodeAuth {
     ) -> AuthDecision {
         if method != scram::METHOD || !self.config.scram {
             return refuse(
-                "scram",
+                principal.method,
                 ReasonCode::BadAuthenticationMethod,
                 "method not supported",
             );
