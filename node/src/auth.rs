@@ -124,6 +124,7 @@ impl NodeAuth {
         if !config.is_needed() {
             return Ok(None);
         }
+        let http = config.http.clone().map(HttpHook::new).transpose()?;
         let auth = Arc::new_cyclic(|me| NodeAuth {
             config: config.clone(),
             max_topic_levels,
@@ -133,7 +134,7 @@ impl NodeAuth {
             generation: AtomicU64::new(1),
             bans: RwLock::new(Arc::new(BanList::default())),
             jwt_keys: RwLock::new(Arc::new(JwtKeys::default())),
-            http: config.http.clone().map(HttpHook::new),
+            http,
             live: LiveConnections::default(),
             next_id: AtomicU64::new(1),
             fake_secret: rand::random(),

@@ -46,6 +46,7 @@ struct HttpV1 {
     cache_ttl_secs: Option<u64>,
     cache_max_entries: Option<usize>,
     max_concurrent_requests: Option<usize>,
+    ca_file: Option<PathBuf>,
 }
 
 #[derive(Deserialize, Default)]
@@ -115,6 +116,9 @@ pub struct HttpHookConfig {
     pub cache_max_entries: usize,
     /// Requests in flight at most.
     pub max_concurrent_requests: usize,
+    /// PEM bundle of the CAs an `https://` hook's certificate must chain to, instead of the
+    /// built-in public roots (for a hook with a private CA).
+    pub ca_file: Option<PathBuf>,
 }
 
 /// Authentication, authorization and per-client limits of the node.
@@ -213,8 +217,16 @@ pub(crate) fn build_auth_config(
             if timeout_ms == 0 {
                 return Err(invalid("auth.http.timeout_ms", "must be at least 1"));
             }
+            let ca_file = non_empty_path(auth.http.ca_file);
+            if ca_file.is_some() && !url.starts_with("https://") {
+                return Err(invalid(
+                    "auth.http.ca_file",
+                    "applies to an https:// url only",
+                ));
+            }
             Some(HttpHookConfig {
                 url,
+                ca_file,
                 timeout: Duration::from_millis(timeout_ms),
                 cache_ttl: Duration::from_secs(auth.http.cache_ttl_secs.unwrap_or(60)),
                 cache_max_entries: auth.http.cache_max_entries.unwrap_or(10_000),

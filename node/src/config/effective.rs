@@ -102,6 +102,7 @@ fn auth_json(auth: &crate::config::AuthConfig) -> Value {
             "cache_ttl_secs": http.map_or(60, |http| http.cache_ttl.as_secs()),
             "cache_max_entries": http.map_or(10_000, |http| http.cache_max_entries),
             "max_concurrent_requests": http.map_or(32, |http| http.max_concurrent_requests),
+            "ca_file": path_text(http.and_then(|http| http.ca_file.as_ref())),
         },
         "scram": { "enabled": auth.scram },
     })
