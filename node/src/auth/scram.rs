@@ -133,6 +133,17 @@ struct ScramServer {
     on_success: OnSuccess,
 }
 
+/// Prepares a SCRAM user name or password with SASLprep (RFC 4013, as RFC 5802 requires):
+/// non-ASCII spaces become spaces, compatibility characters their NFKC form (U+2168 `Ⅸ` is
+/// `IX`), soft hyphens and the like vanish.
+///
+/// # Errors
+/// Refuses a string with a character SASLprep prohibits (controls, private use, unassigned
+/// code points, bad bidirectional text).
+pub(crate) fn saslprep(text: &str) -> Result<String, stringprep::Error> {
+    stringprep::saslprep(text).map(|prepared| prepared.into_owned())
+}
+
 fn refuse(reason: &'static str) -> AuthDecision {
     AuthDecision::Refuse(AuthMethod::Scram, ReasonCode::BadUserNameOrPassword, reason)
 }
@@ -189,7 +200,12 @@ pub(crate) fn start(
     let (Some(username), Some(client_nonce)) = (username, client_nonce) else {
         return refuse("malformed SCRAM client-first message");
     };
-    if expected_user.is_some_and(|expected| expected != username) {
+    // Users are stored prepared (`starling passwd` refuses others), so look up the prepared name.
+    let Ok(username) = saslprep(&username) else {
+        return refuse("SCRAM user name holds a character SASLprep prohibits");
+    };
+    if expected_user.is_some_and(|expected| saslprep(expected).ok().as_deref() != Some(&*username))
+    {
         return AuthDecision::Refuse(
             AuthMethod::Scram,
             ReasonCode::NotAuthorized,

@@ -9,6 +9,7 @@ pub mod pki;
 pub mod poll;
 pub mod process;
 pub mod raw;
+pub mod scram;
 pub mod stream;
 pub mod tls;
 pub mod wire;
