@@ -2,7 +2,8 @@
 //! [`AuthProvider`](starling_core::auth::AuthProvider) the core calls, built from `[auth]`,
 //! `[acl]` and `[limits]`.
 //!
-//! - [`password`]: the argon2 password file and `starling passwd`.
+//! - [`password`]: the argon2 password file and `starling passwd`; `password_cache`: successful
+//!   argon2 verifications remembered, so reconnects skip the hash.
 //! - [`scram`]: SCRAM-SHA-256 enhanced authentication (AUTH packets).
 //! - [`jwt`]: JWTs in the password field (HS256, RS256, ES256 from a JWKS file).
 //! - [`http_hook`]: the HTTP authentication/authorization hook with its decision cache.
@@ -23,6 +24,7 @@ pub mod http_hook;
 pub mod jwt;
 pub mod live;
 pub mod password;
+mod password_cache;
 mod provider;
 pub mod scram;
 
@@ -51,6 +53,7 @@ use self::{
     jwt::JwtKeys,
     live::LiveConnections,
     password::PasswordDb,
+    password_cache::PasswordCache,
 };
 
 const FILES: [&str; 4] = ["passwords", "acl", "bans", "jwt_keys"];
@@ -67,6 +70,10 @@ pub fn register_metrics() {
             counter!("starling_auth_hook_requests_total", "result" => result, "cached" => cached)
                 .absolute(0);
         }
+    }
+    for cached in ["true", "false"] {
+        // Registered, not set: another node of the same process may have counted already.
+        counter!("starling_auth_password_checks_total", "cached" => cached).increment(0);
     }
     for file in FILES {
         for result in ["success", "error"] {
@@ -101,6 +108,8 @@ pub struct NodeAuth {
     fake_secret: [u8; 32],
     /// Bounds argon2 verifications running at once (each takes ~20 MiB and tens of ms).
     argon2_slots: Arc<Semaphore>,
+    /// Successful argon2 verifications, cleared when the password file reloads.
+    password_cache: PasswordCache,
     shutdown: CancellationToken,
 }
 
@@ -141,6 +150,7 @@ impl NodeAuth {
             argon2_slots: Arc::new(Semaphore::new(
                 std::thread::available_parallelism().map_or(2, |n| n.get()),
             )),
+            password_cache: PasswordCache::new(config.password_cache_max_entries),
             shutdown: CancellationToken::new(),
         });
         for file in FILES {
@@ -197,6 +207,8 @@ impl NodeAuth {
                     let db = PasswordDb::parse(&read_optional(path)?)
                         .with_context(|| format!("invalid password file {}", path.display()))?;
                     *self.passwords.write() = Arc::new(db);
+                    // Entries of changed hashes could never match again; drop them all at once.
+                    self.password_cache.clear();
                 }
             }
             "acl" => {

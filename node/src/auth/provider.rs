@@ -155,13 +155,25 @@ impl NodeAuth {
         )
     }
 
-    async fn check_password(&self, phc: String, password: Vec<u8>) -> bool {
+    /// Verifies `password` against `user`'s argon2 hash, or finds that it succeeded before.
+    async fn check_password(&self, user: &str, phc: String, password: Vec<u8>) -> bool {
+        let key = self.password_cache.key(user, &phc, &password);
+        if self.password_cache.contains(&key) {
+            counter!("starling_auth_password_checks_total", "cached" => "true").increment(1);
+            return true;
+        }
+        counter!("starling_auth_password_checks_total", "cached" => "false").increment(1);
         let Ok(_slot) = self.argon2_slots.clone().acquire_owned().await else {
             return false;
         };
-        tokio::task::spawn_blocking(move || password::verify_password(&phc, &password))
-            .await
-            .unwrap_or(false)
+        let verified =
+            tokio::task::spawn_blocking(move || password::verify_password(&phc, &password))
+                .await
+                .unwrap_or(false);
+        if verified {
+            self.password_cache.insert(key);
+        }
+        verified
     }
 
     async fn decide(&self, request: &ConnectRequest<'_>) -> AuthDecision {
@@ -240,7 +252,7 @@ impl NodeAuth {
                 .and_then(|e| e.argon2.clone());
             if let Some(phc) = entry {
                 let password = request.password.unwrap_or_default().to_vec();
-                if self.check_password(phc, password).await {
+                if self.check_password(username, phc, password).await {
                     return self.principal(
                         &seed,
                         Some(username.to_string()),

@@ -14,6 +14,7 @@ pub(crate) struct AuthV1 {
     password_file: Option<PathBuf>,
     ban_file: Option<PathBuf>,
     reload_interval_ms: Option<u64>,
+    password_cache_max_entries: Option<usize>,
     /// Removed: the listener's `cert_identity` decides. Kept only to name it in the error.
     certificate_as_username: Option<toml::Value>,
     #[serde(default)]
@@ -130,6 +131,8 @@ pub struct AuthConfig {
     pub ban_file: Option<PathBuf>,
     /// How often watched files are checked for changes.
     pub reload_interval: Duration,
+    /// Successful argon2 verifications remembered at most (0: none).
+    pub password_cache_max_entries: usize,
     /// JWT in the password field.
     pub jwt: Option<JwtConfig>,
     /// HTTP authentication/authorization hook.
@@ -278,6 +281,7 @@ pub(crate) fn build_auth_config(
         password_file,
         ban_file: non_empty_path(auth.ban_file),
         reload_interval: Duration::from_millis(reload_interval_ms),
+        password_cache_max_entries: auth.password_cache_max_entries.unwrap_or(10_000),
         jwt,
         http,
         scram,

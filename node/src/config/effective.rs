@@ -89,6 +89,7 @@ fn auth_json(auth: &crate::config::AuthConfig) -> Value {
         "password_file": path_text(auth.password_file.as_ref()),
         "ban_file": path_text(auth.ban_file.as_ref()),
         "reload_interval_ms": auth.reload_interval.as_millis() as u64,
+        "password_cache_max_entries": auth.password_cache_max_entries,
         "jwt": {
             "hs256_secret_file": path_text(jwt.and_then(|jwt| jwt.hs256_secret_file.as_ref())),
             "jwks_file": path_text(jwt.and_then(|jwt| jwt.jwks_file.as_ref())),

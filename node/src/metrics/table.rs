@@ -100,6 +100,7 @@ pub const METRICS: &[MetricDoc] = &[
     doc("starling_auth_attempts_total", Counter, &["method", "result"], "Authentication attempts (every CONNECT and re-authentication, with or without an auth provider) by method (anonymous, password, jwt, http, scram, enhanced, certificate) and result (success, bad_credentials, not_authorized, banned, unavailable, aborted)."),
     doc("starling_auth_revocations_total", Counter, &["reason"], "Connections closed by the broker because a ban now matches (banned) or their credentials expired (expired)."),
     doc("starling_auth_hook_requests_total", Counter, &["result", "cached"], "HTTP hook decisions (allow, deny, error), from the cache or not."),
+    doc("starling_auth_password_checks_total", Counter, &["cached"], "Password file checks at CONNECT: cached=\"false\" ran argon2, cached=\"true\" matched a remembered success."),
     doc("starling_auth_reloads_total", Counter, &["file", "result"], "Reloads of the password, ACL, ban and JWT key files, successful or failed (the old content stays)."),
     doc("starling_acl_denied_total", Counter, &["action"], "ACL denials by action: publish (incl. wills at CONNECT), subscribe, read."),
     doc("starling_limits_exceeded_total", Counter, &["limit"], "Per-client limits hit: publish_rate, publish_bytes, subscriptions, packet_size, topic_levels, receive_maximum, topic_alias."),
