@@ -79,6 +79,22 @@ async fn next_packet(event_loop: &mut EventLoop, matches: impl Fn(&Packet) -> bo
     .expect("the packet came in time")
 }
 
+/// Waits for the next SUBACK and returns its codes.
+async fn next_suback(event_loop: &mut EventLoop) -> Vec<SubscribeReasonCode> {
+    match next_packet(event_loop, |p| matches!(p, Packet::SubAck(_))).await {
+        Packet::SubAck(suback) => suback.return_codes,
+        _ => unreachable!("matched a SUBACK"),
+    }
+}
+
+/// Waits for the next PUBACK and returns its reason.
+async fn next_puback(event_loop: &mut EventLoop) -> PubAckReason {
+    match next_packet(event_loop, |p| matches!(p, Packet::PubAck(_))).await {
+        Packet::PubAck(puback) => puback.reason,
+        _ => unreachable!("matched a PUBACK"),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn certificate_common_name_is_the_username_for_percent_u_rules() {
     let mut pki = TestPki::new();
@@ -108,13 +124,8 @@ async fn certificate_common_name_is_the_username_for_percent_u_rules() {
         .subscribe("devices/device-2/#", QoS::AtLeastOnce)
         .await
         .unwrap();
-    let Packet::SubAck(suback) =
-        next_packet(&mut events_2, |p| matches!(p, Packet::SubAck(_))).await
-    else {
-        unreachable!()
-    };
     assert_eq!(
-        suback.return_codes,
+        next_suback(&mut events_2).await,
         vec![SubscribeReasonCode::Success(QoS::AtLeastOnce)]
     );
 
@@ -123,38 +134,29 @@ async fn certificate_common_name_is_the_username_for_percent_u_rules() {
         .subscribe("devices/device-2/#", QoS::AtLeastOnce)
         .await
         .unwrap();
-    let Packet::SubAck(suback) =
-        next_packet(&mut events_1, |p| matches!(p, Packet::SubAck(_))).await
-    else {
-        unreachable!()
-    };
     assert_eq!(
-        suback.return_codes,
+        next_suback(&mut events_1).await,
         vec![SubscribeReasonCode::NotAuthorized]
     );
     client_1
         .publish("devices/device-2/cmd", QoS::AtLeastOnce, false, "forged")
         .await
         .unwrap();
-    let Packet::PubAck(puback) =
-        next_packet(&mut events_1, |p| matches!(p, Packet::PubAck(_))).await
-    else {
-        unreachable!()
-    };
-    assert_eq!(puback.reason, PubAckReason::NotAuthorized);
+    assert_eq!(
+        next_puback(&mut events_1).await,
+        PubAckReason::NotAuthorized
+    );
 
     // Its own topic is fine.
     client_1
         .publish("devices/device-1/telemetry", QoS::AtLeastOnce, false, "ok")
         .await
         .unwrap();
-    let Packet::PubAck(puback) =
-        next_packet(&mut events_1, |p| matches!(p, Packet::PubAck(_))).await
-    else {
-        unreachable!()
-    };
     // Accepted; 0x10 because nobody listens there.
-    assert_eq!(puback.reason, PubAckReason::NoMatchingSubscribers);
+    assert_eq!(
+        next_puback(&mut events_1).await,
+        PubAckReason::NoMatchingSubscribers
+    );
 
     // Device 2 gets its own message and never the forged one, which was refused before it.
     client_2
@@ -197,10 +199,6 @@ async fn without_the_listener_policy_a_certificate_is_not_a_username() {
         .publish("devices/device-1/telemetry", QoS::AtLeastOnce, false, "x")
         .await
         .unwrap();
-    let Packet::PubAck(puback) = next_packet(&mut events, |p| matches!(p, Packet::PubAck(_))).await
-    else {
-        unreachable!()
-    };
-    assert_eq!(puback.reason, PubAckReason::NotAuthorized);
+    assert_eq!(next_puback(&mut events).await, PubAckReason::NotAuthorized);
     broker.shutdown().await;
 }

@@ -14,9 +14,8 @@ use std::{
     },
 };
 
-use bytes::Bytes;
-use starling_core::codec::{ByteString, ProtocolVersion, ReasonCode};
-use support::{pki::TestPki, raw::connect_packet, RawClient, TestBroker};
+use starling_core::codec::{ProtocolVersion, ReasonCode};
+use support::{auth::connect_with_credentials, pki::TestPki, TestBroker};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Reads one HTTP/1.1 request (headers and a `content-length` body); returns the body.
@@ -87,13 +86,15 @@ async fn https_hook(pki: &TestPki, requests: Arc<AtomicUsize>) -> SocketAddr {
 }
 
 async fn connect(broker: &TestBroker, client_id: &str, password: &str) -> ReasonCode {
-    let mut connect = connect_packet(ProtocolVersion::V5, client_id);
-    connect.username = Some(ByteString::from("alice"));
-    connect.password = Some(Bytes::copy_from_slice(password.as_bytes()));
-    RawClient::connect_with(broker.addr, connect)
-        .await
-        .1
-        .reason_code
+    connect_with_credentials(
+        broker,
+        ProtocolVersion::V5,
+        client_id,
+        Some("alice"),
+        Some(password),
+    )
+    .await
+    .1
 }
 
 fn hook_config(addr: SocketAddr, ca_file: Option<&std::path::Path>) -> String {

@@ -6,32 +6,23 @@
 
 mod support;
 
-use bytes::Bytes;
-use starling_core::codec::{ByteString, ProtocolVersion, ReasonCode};
-use starling_node::auth::cli::{run_passwd_with_input, PasswdArgs, PasswdCommand};
-use support::{eventually, raw::connect_packet, RawClient, TestBroker, PROMPTLY};
-
-fn set_password(file: &std::path::Path, user: &str, password: &str) {
-    let args = PasswdArgs {
-        file: file.to_path_buf(),
-        command: PasswdCommand::Add {
-            user: user.to_string(),
-            scram: false,
-            scram_iterations: 4096,
-        },
-    };
-    let mut input = std::io::Cursor::new(format!("{password}\n").into_bytes());
-    run_passwd_with_input(&args, Some(&mut input), &mut Vec::new()).unwrap();
-}
+use starling_core::codec::{ProtocolVersion, ReasonCode};
+use support::{
+    auth::{connect_with_credentials, set_password},
+    eventually, TestBroker, PROMPTLY,
+};
 
 async fn connect(broker: &TestBroker, user: &str, password: &str) -> ReasonCode {
-    let mut connect = connect_packet(ProtocolVersion::V5, &format!("cache-{user}"));
-    connect.username = Some(ByteString::from(user));
-    connect.password = Some(Bytes::copy_from_slice(password.as_bytes()));
-    RawClient::connect_with(broker.addr, connect)
-        .await
-        .1
-        .reason_code
+    let client_id = format!("cache-{user}");
+    connect_with_credentials(
+        broker,
+        ProtocolVersion::V5,
+        &client_id,
+        Some(user),
+        Some(password),
+    )
+    .await
+    .1
 }
 
 async fn checks(broker: &TestBroker, cached: &str) -> f64 {

@@ -16,7 +16,7 @@ use starling_node::auth::{
 };
 use support::{
     raw::connect_packet,
-    scram::{add_user, auth_data, auth_packet, scram_connect, Scram},
+    scram::{add_user, auth_data, scram_connect, scram_reauthenticate},
     Event, RawClient, TestBroker, PROMPTLY,
 };
 
@@ -30,6 +30,7 @@ async fn scram_sha_256_authenticates_and_reauthenticates() {
         file.display()
     );
     let broker = TestBroker::start_with(&config).await;
+    let before = broker.scrape().await;
     let (mut client, code) = scram_connect(&broker, "alice", "s3cret").await;
     assert_eq!(code, ReasonCode::Success);
     assert_eq!(
@@ -48,18 +49,7 @@ async fn scram_sha_256_authenticates_and_reauthenticates() {
 
     // Re-authentication: AUTH 0x19, AUTH 0x18, AUTH 0x00; the session goes on.
     client.subscribe("t", QoS::AtMostOnce).await;
-    let (scram, first) = Scram::new("alice", "s3cret");
-    client
-        .send(auth_packet(ReasonCode::ReAuthenticate, &first))
-        .await;
-    let server_first = client.recv().await;
-    let (client_final, server_final) = scram.answer(&auth_data(&server_first));
-    client
-        .send(auth_packet(
-            ReasonCode::ContinueAuthentication,
-            &client_final,
-        ))
-        .await;
+    let server_final = scram_reauthenticate(&mut client, "alice", "s3cret").await;
     match client.recv().await {
         Packet::Auth(auth) => {
             assert_eq!(auth.reason_code, ReasonCode::Success);
@@ -76,19 +66,27 @@ async fn scram_sha_256_authenticates_and_reauthenticates() {
         Bytes::from_static(b"still here")
     );
     // A failed re-authentication ends the connection with DISCONNECT 0x87.
-    let (scram, first) = Scram::new("alice", "wrong");
-    client
-        .send(auth_packet(ReasonCode::ReAuthenticate, &first))
-        .await;
-    let server_first = client.recv().await;
-    let (client_final, _) = scram.answer(&auth_data(&server_first));
-    client
-        .send(auth_packet(
-            ReasonCode::ContinueAuthentication,
-            &client_final,
-        ))
-        .await;
+    scram_reauthenticate(&mut client, "alice", "wrong").await;
     client.expect_disconnect(ReasonCode::NotAuthorized).await;
+
+    // Each CONNECT and re-authentication counted once (only this test uses SCRAM here).
+    let after = broker.scrape().await;
+    let delta = |method: &str, result: &str| {
+        let labels = [("method", method), ("result", result)];
+        after.sum("starling_auth_attempts_total", &labels)
+            - before.sum("starling_auth_attempts_total", &labels)
+    };
+    assert_eq!(
+        delta("scram", "success"),
+        2.0,
+        "CONNECT and re-authentication"
+    );
+    assert_eq!(
+        delta("scram", "bad_credentials"),
+        3.0,
+        "two CONNECTs, one re-authentication"
+    );
+    assert_eq!(delta("enhanced", "not_authorized"), 1.0, "KERBEROS");
 }
 
 #[tokio::test]

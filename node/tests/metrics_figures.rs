@@ -295,25 +295,21 @@ async fn auth_outcomes_are_counted_by_reason() {
     assert_eq!(delta("password", "success"), 2.0);
     assert_eq!(delta("anonymous", "not_authorized"), 2.0);
     assert_eq!(delta("enhanced", "not_authorized"), 1.0);
-    let refused: f64 = after
-        .samples
-        .iter()
-        .filter(|s| {
-            s.name == "starling_auth_attempts_total"
-                && s.labels.get("result").map(String::as_str) != Some("success")
-        })
-        .map(|s| s.value)
-        .sum();
-    let refused_before: f64 = before
-        .samples
-        .iter()
-        .filter(|s| {
-            s.name == "starling_auth_attempts_total"
-                && s.labels.get("result").map(String::as_str) != Some("success")
-        })
-        .map(|s| s.value)
-        .sum();
-    assert_eq!(refused - refused_before, 6.0, "each refusal counted once");
+    let refused = |e: &Exposition| -> f64 {
+        e.samples
+            .iter()
+            .filter(|s| {
+                s.name == "starling_auth_attempts_total"
+                    && s.labels.get("result").map(String::as_str) != Some("success")
+            })
+            .map(|s| s.value)
+            .sum()
+    };
+    assert_eq!(
+        refused(&after) - refused(&before),
+        6.0,
+        "each refusal counted once"
+    );
     assert!(
         after.sum(
             "starling_connections_closed_total",

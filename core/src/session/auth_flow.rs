@@ -473,12 +473,12 @@ impl<T: Transport> Connection<T> {
             }
             AuthDecision::Refuse(auth_method, reason_code, reason) => {
                 tracing::info!(client_id = %self.state.client_id, reason, "re-authentication failed");
+                attempts.count(auth_method, AuthResult::of_refusal(reason_code));
                 // [MQTT-4.12.1-2] a failed re-authentication ends with DISCONNECT.
                 let reason_code = match reason_code {
                     ReasonCode::BadAuthenticationMethod => ReasonCode::BadAuthenticationMethod,
                     _ => ReasonCode::NotAuthorized,
                 };
-                attempts.count(auth_method, AuthResult::of_refusal(reason_code));
                 Err(Close::Kicked(reason_code))
             }
         }

@@ -4,6 +4,7 @@
 //! Every test crate includes this module and uses a part of it.
 #![allow(dead_code, unused_imports, unreachable_pub)]
 
+pub mod auth;
 pub mod external;
 pub mod pki;
 pub mod poll;

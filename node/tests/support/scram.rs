@@ -8,7 +8,6 @@ use base64::{engine::general_purpose::STANDARD, Engine};
 use bytes::Bytes;
 use ring::{digest, hmac, pbkdf2};
 use starling_core::codec::{Auth, AuthProperties, ByteString, Packet, ProtocolVersion, ReasonCode};
-use starling_node::auth::cli::{run_passwd_with_input, PasswdArgs, PasswdCommand};
 
 use super::{raw::connect_packet, RawClient, TestBroker};
 
@@ -114,17 +113,10 @@ pub fn add_user(file: &std::path::Path, user: &str, password: &str) {
 
 /// Runs `starling passwd FILE add USER --scram` with `password`; the error as text.
 pub fn try_add_user(file: &std::path::Path, user: &str, password: &str) -> Result<(), String> {
-    let args = PasswdArgs {
-        file: file.to_path_buf(),
-        command: PasswdCommand::Add {
-            user: user.to_string(),
-            scram: true,
-            scram_iterations: 4096,
-        },
-    };
-    let mut input = std::io::Cursor::new(format!("{password}\n").into_bytes());
-    run_passwd_with_input(&args, Some(&mut input), &mut Vec::new())
-        .map_err(|error| format!("{error:#}"))
+    match super::auth::passwd(file, &["add", user, "--scram"], &format!("{password}\n")) {
+        (true, _) => Ok(()),
+        (false, error) => Err(error),
+    }
 }
 
 /// SCRAM at CONNECT (the client sends `password` as given, unprepared); returns the client and the CONNACK reason code.
@@ -171,4 +163,23 @@ pub async fn scram_connect(
         );
     }
     (client, connack.reason_code)
+}
+
+/// Re-authenticates a connected client as `user` with `password` (AUTH 0x19, then the
+/// client-final in AUTH 0x18); returns the server-final the broker's AUTH 0x00 must carry. The
+/// caller reads the outcome (AUTH 0x00, or DISCONNECT).
+pub async fn scram_reauthenticate(client: &mut RawClient, user: &str, password: &str) -> String {
+    let (scram, first) = Scram::new(user, password);
+    client
+        .send(auth_packet(ReasonCode::ReAuthenticate, &first))
+        .await;
+    let server_first = client.recv().await;
+    let (client_final, server_final) = scram.answer(&auth_data(&server_first));
+    client
+        .send(auth_packet(
+            ReasonCode::ContinueAuthentication,
+            &client_final,
+        ))
+        .await;
+    server_final
 }
