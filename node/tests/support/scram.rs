@@ -140,13 +140,7 @@ pub async fn scram_connect(
         Packet::ConnAck(connack) => return (client, connack.reason_code),
         other => panic!("expected AUTH 0x18, got {other:?}"),
     }
-    let (client_final, server_final) = scram.answer(&auth_data(&server_first));
-    client
-        .send(auth_packet(
-            ReasonCode::ContinueAuthentication,
-            &client_final,
-        ))
-        .await;
+    let server_final = send_client_final(&mut client, &scram, &server_first).await;
     let connack = match client.recv().await {
         Packet::ConnAck(connack) => connack,
         other => panic!("expected CONNACK, got {other:?}"),
@@ -174,7 +168,13 @@ pub async fn scram_reauthenticate(client: &mut RawClient, user: &str, password: 
         .send(auth_packet(ReasonCode::ReAuthenticate, &first))
         .await;
     let server_first = client.recv().await;
-    let (client_final, server_final) = scram.answer(&auth_data(&server_first));
+    send_client_final(client, &scram, &server_first).await
+}
+
+/// Answers the server-first message in `server_first` with the client-final (AUTH 0x18);
+/// returns the server-final to expect.
+async fn send_client_final(client: &mut RawClient, scram: &Scram, server_first: &Packet) -> String {
+    let (client_final, server_final) = scram.answer(&auth_data(server_first));
     client
         .send(auth_packet(
             ReasonCode::ContinueAuthentication,
