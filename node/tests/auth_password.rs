@@ -8,13 +8,12 @@ mod support;
 use std::{path::Path, time::Duration};
 
 use bytes::Bytes;
-use starling_core::codec::{ByteString, ProtocolVersion, QoS, ReasonCode};
+use starling_core::codec::{ProtocolVersion, QoS, ReasonCode};
 use support::{
     auth::{connect_with_credentials, passwd},
     eventually,
     external::{args, require_mosquitto_clients, run_client},
-    raw::connect_packet,
-    RawClient, TestBroker, PROMPTLY,
+    TestBroker, PROMPTLY,
 };
 
 async fn connack(
@@ -154,19 +153,20 @@ async fn mosquitto_pub_authenticates_with_user_and_password() {
     let dir = tempfile::tempdir().unwrap();
     let (broker, _file) = broker_with_users(dir.path()).await;
     let port = broker.port().to_string();
-    let mut subscriber = RawClient::connect_with(broker.addr, {
-        let mut connect = connect_packet(ProtocolVersion::V5, "observer");
-        connect.username = Some(ByteString::from("alice"));
-        connect.password = Some(Bytes::from_static(b"s3cret"));
-        connect
-    })
-    .await
-    .0;
+    let (mut subscriber, code) = connect_with_credentials(
+        &broker,
+        ProtocolVersion::V5,
+        "observer",
+        Some("alice"),
+        Some("s3cret"),
+    )
+    .await;
+    assert_eq!(code, ReasonCode::Success);
     subscriber.subscribe("m/#", QoS::AtLeastOnce).await;
-    for version in ["mqttv311", "mqttv5"] {
-        let ok = run_client(
-            "mosquitto_pub",
-            &args(&[
+    let mosquitto_pub = |version: &'static str, password: &'static str, topic: &'static str| {
+        let port = port.clone();
+        async move {
+            let argv = [
                 "-h",
                 "127.0.0.1",
                 "-p",
@@ -176,41 +176,26 @@ async fn mosquitto_pub_authenticates_with_user_and_password() {
                 "-u",
                 "alice",
                 "-P",
-                "s3cret",
+                password,
                 "-t",
-                "m/ok",
+                topic,
                 "-m",
                 version,
                 "-q",
                 "1",
-            ]),
-        )
-        .await;
-        ok.assert_success("mosquitto_pub with the right password");
+            ];
+            run_client("mosquitto_pub", &args(&argv)).await
+        }
+    };
+    for version in ["mqttv311", "mqttv5"] {
+        mosquitto_pub(version, "s3cret", "m/ok")
+            .await
+            .assert_success("mosquitto_pub with the right password");
         assert_eq!(
             subscriber.recv_publish_and_ack().await.payload,
             Bytes::from(version)
         );
-        let refused = run_client(
-            "mosquitto_pub",
-            &args(&[
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &port,
-                "-V",
-                version,
-                "-u",
-                "alice",
-                "-P",
-                "bad",
-                "-t",
-                "m/no",
-                "-m",
-                "x",
-            ]),
-        )
-        .await;
+        let refused = mosquitto_pub(version, "bad", "m/no").await;
         assert_ne!(refused.code, Some(0), "{refused:?}");
     }
     subscriber.expect_nothing(Duration::from_millis(300)).await;
