@@ -30,7 +30,7 @@ use crate::{
 };
 
 pub use bucket::{Exceeded, RateLimitAction, RateLimits, TokenBucket};
-pub use metrics::{AclAction, LimitKind, SecurityMetrics};
+pub use metrics::{AclAction, AuthAttempts, AuthMethod, AuthResult, LimitKind, SecurityMetrics};
 
 /// The authenticated identity of one connection, built by the provider at CONNECT and shared
 /// (read-only) between the connection task and the provider.
@@ -42,8 +42,8 @@ pub struct Principal {
     pub client_id: ByteString,
     /// The authenticated user name, if any.
     pub username: Option<ByteString>,
-    /// How the client was authenticated (a fixed label: `password`, `jwt`, `scram`, ...).
-    pub method: &'static str,
+    /// How the client was authenticated.
+    pub method: AuthMethod,
     /// The MQTT 5 Authentication Method of an enhanced authentication; re-authentication must
     /// use the same one [MQTT-4.12.1-1].
     pub enhanced_method: Option<ByteString>,
@@ -71,8 +71,13 @@ pub struct Principal {
 pub struct ConnectRequest<'a> {
     /// Client identifier (assigned by the broker if the client sent none).
     pub client_id: &'a str,
-    /// User Name field.
+    /// User Name field, or the verified certificate's identity when the listener takes the user
+    /// name from the certificate (see `username_from_certificate`).
     pub username: Option<&'a str>,
+    /// The user name is the identity of the verified client certificate, because the listener's
+    /// `CertIdentityPolicy` says so (`cert_identity = "username"` or `"both"`): the certificate
+    /// has authenticated it, no password is needed, and the CONNECT user name was ignored.
+    pub username_from_certificate: bool,
     /// Password field.
     pub password: Option<&'a [u8]>,
     /// MQTT 5 Authentication Method.
@@ -103,13 +108,16 @@ pub enum AuthDecision {
     /// Enhanced authentication continues: send AUTH 0x18 with `data`, feed the client's next
     /// AUTH to `exchange`.
     Continue {
+        /// The method of the exchange (counted if the exchange ends without a decision).
+        method: AuthMethod,
         /// Server data of this step.
         data: Bytes,
         /// The exchange waiting for the client's answer.
         exchange: Box<dyn AuthExchange>,
     },
-    /// Refused with this reason code (0x86, 0x87, 0x8A, 0x8C, 0x88, ...) and reason string.
-    Refuse(ReasonCode, &'static str),
+    /// Refused by `method` with this reason code (0x86, 0x87, 0x8A, 0x8C, 0x88, ...) and
+    /// reason string.
+    Refuse(AuthMethod, ReasonCode, &'static str),
 }
 
 impl std::fmt::Debug for AuthDecision {
@@ -119,9 +127,12 @@ impl std::fmt::Debug for AuthDecision {
                 f.debug_tuple("Accept").field(&principal.id).finish()
             }
             AuthDecision::Continue { .. } => f.write_str("Continue"),
-            AuthDecision::Refuse(code, reason) => {
-                f.debug_tuple("Refuse").field(code).field(reason).finish()
-            }
+            AuthDecision::Refuse(method, code, reason) => f
+                .debug_tuple("Refuse")
+                .field(method)
+                .field(code)
+                .field(reason)
+                .finish(),
         }
     }
 }
@@ -164,8 +175,9 @@ pub trait AuthProvider: Send + Sync + 'static {
         method: &str,
         data: Option<&[u8]>,
     ) -> AuthDecision {
-        let _ = (principal, method, data);
+        let _ = (method, data);
         AuthDecision::Refuse(
+            principal.method,
             ReasonCode::BadAuthenticationMethod,
             "re-authentication not supported",
         )

@@ -139,70 +139,6 @@ impl ClosedConnectionCounters {
     }
 }
 
-/// Why a CONNECT failed authentication: the `reason` label of `starling_auth_failures_total`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AuthFailure {
-    /// No username, and `mqtt.allow_anonymous = false`.
-    AnonymousDenied,
-    /// Wrong username or password, or an unknown client certificate.
-    BadCredentials,
-    /// An MQTT 5 authentication method the broker does not support.
-    UnsupportedMethod,
-    /// The identity is known but may not connect (banned, not allowed on this listener).
-    NotAuthorized,
-    /// The authentication backend failed or timed out.
-    BackendError,
-}
-
-impl AuthFailure {
-    /// Every reason, in label order.
-    pub const ALL: [AuthFailure; 5] = [
-        AuthFailure::AnonymousDenied,
-        AuthFailure::BadCredentials,
-        AuthFailure::UnsupportedMethod,
-        AuthFailure::NotAuthorized,
-        AuthFailure::BackendError,
-    ];
-
-    /// Returns the label value.
-    pub fn label(self) -> &'static str {
-        match self {
-            AuthFailure::AnonymousDenied => "anonymous_denied",
-            AuthFailure::BadCredentials => "bad_credentials",
-            AuthFailure::UnsupportedMethod => "unsupported_method",
-            AuthFailure::NotAuthorized => "not_authorized",
-            AuthFailure::BackendError => "backend_error",
-        }
-    }
-}
-
-/// `starling_auth_successes_total` and `starling_auth_failures_total{reason}`.
-#[derive(Clone)]
-pub struct AuthCounters {
-    successes: Counter,
-    failures: [Counter; AuthFailure::ALL.len()],
-}
-
-impl AuthCounters {
-    fn register() -> AuthCounters {
-        AuthCounters {
-            successes: counter!("starling_auth_successes_total"),
-            failures: AuthFailure::ALL
-                .map(|reason| counter!("starling_auth_failures_total", "reason" => reason.label())),
-        }
-    }
-
-    /// Counts a CONNECT that passed authentication (anonymous ones included, when allowed).
-    pub fn succeeded(&self) {
-        self.successes.increment(1);
-    }
-
-    /// Counts a CONNECT refused by authentication.
-    pub fn failed(&self, reason: AuthFailure) {
-        self.failures[reason as usize].increment(1);
-    }
-}
-
 /// Connection figures of one listener (`listener` label: the listener's configured name).
 #[derive(Clone)]
 struct ListenerMetrics {
@@ -301,8 +237,8 @@ pub struct BrokerMetrics {
     pub security: crate::auth::SecurityMetrics,
     /// `starling_message_delivery_latency_seconds`.
     pub delivery_latency: Histogram,
-    /// `starling_auth_successes_total`, `starling_auth_failures_total{reason}`.
-    pub auth: AuthCounters,
+    /// `starling_auth_attempts_total{method,result}`.
+    pub auth: crate::auth::AuthAttempts,
     /// `starling_listener_connections_*{listener}`, indexed by [`ListenerId`].
     listeners: Arc<RwLock<Vec<Option<ListenerMetrics>>>>,
     /// Topic shard actors (`actor="topic_shard"`).
@@ -348,7 +284,7 @@ impl BrokerMetrics {
             wills_published: counter!("starling_wills_published_total"),
             security: crate::auth::SecurityMetrics::register(),
             delivery_latency: histogram::register(&DELIVERY_LATENCY, &[]),
-            auth: AuthCounters::register(),
+            auth: crate::auth::AuthAttempts::register(),
             // The broker's listener 0 is `default` until the node names its listeners.
             listeners: Arc::new(RwLock::new(vec![Some(ListenerMetrics::register(
                 "default",

@@ -19,10 +19,14 @@ pub trait Transport: Send + Sync + 'static {
     fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
     /// Polls write readiness without a stored future; the waker is kept by the transport.
     fn poll_write_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
-    /// Waits until a read may make progress.
-    fn readable(&self) -> impl Future<Output = io::Result<()>> + Send;
-    /// Waits until a write may make progress.
-    fn writable(&self) -> impl Future<Output = io::Result<()>> + Send;
+    /// Waits until a read may make progress (by default: polls `poll_read_ready`).
+    fn readable(&self) -> impl Future<Output = io::Result<()>> + Send {
+        std::future::poll_fn(move |cx| self.poll_read_ready(cx))
+    }
+    /// Waits until a write may make progress (by default: polls `poll_write_ready`).
+    fn writable(&self) -> impl Future<Output = io::Result<()>> + Send {
+        std::future::poll_fn(move |cx| self.poll_write_ready(cx))
+    }
     /// Reads what is available without waiting; `WouldBlock` when nothing is.
     fn try_read_buf(&self, buf: &mut BytesMut) -> io::Result<usize>;
     /// Writes what fits without waiting; `WouldBlock` when nothing does.

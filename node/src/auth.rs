@@ -2,7 +2,8 @@
 //! [`AuthProvider`](starling_core::auth::AuthProvider) the core calls, built from `[auth]`,
 //! `[acl]` and `[limits]`.
 //!
-//! - [`password`]: the argon2 password file and `starling passwd`.
+//! - [`password`]: the argon2 password file and `starling passwd`; `password_cache`: successful
+//!   argon2 verifications remembered, so reconnects skip the hash.
 //! - [`scram`]: SCRAM-SHA-256 enhanced authentication (AUTH packets).
 //! - [`jwt`]: JWTs in the password field (HS256, RS256, ES256 from a JWKS file).
 //! - [`http_hook`]: the HTTP authentication/authorization hook with its decision cache.
@@ -23,6 +24,7 @@ pub mod http_hook;
 pub mod jwt;
 pub mod live;
 pub mod password;
+mod password_cache;
 mod provider;
 pub mod scram;
 
@@ -51,35 +53,15 @@ use self::{
     jwt::JwtKeys,
     live::LiveConnections,
     password::PasswordDb,
+    password_cache::PasswordCache,
 };
 
-/// Methods and results of `starling_auth_attempts_total`, all registered at start.
-const METHODS: [&str; 6] = [
-    "anonymous",
-    "password",
-    "jwt",
-    "http",
-    "scram",
-    "certificate",
-];
-const RESULTS: [&str; 5] = [
-    "success",
-    "bad_credentials",
-    "not_authorized",
-    "banned",
-    "unavailable",
-];
 const FILES: [&str; 4] = ["passwords", "acl", "bans", "jwt_keys"];
 
 /// Registers the node's security metrics at 0 (called at every node start, with or without
-/// an auth configuration, so the series always exist).
+/// an auth configuration, so the series always exist). `starling_auth_attempts_total` is the
+/// core's: it counts every attempt, with a provider or without.
 pub fn register_metrics() {
-    for method in METHODS {
-        for result in RESULTS {
-            counter!("starling_auth_attempts_total", "method" => method, "result" => result)
-                .absolute(0);
-        }
-    }
     for reason in ["banned", "expired"] {
         counter!("starling_auth_revocations_total", "reason" => reason).absolute(0);
     }
@@ -89,15 +71,15 @@ pub fn register_metrics() {
                 .absolute(0);
         }
     }
+    for cached in ["true", "false"] {
+        // Registered, not set: another node of the same process may have counted already.
+        counter!("starling_auth_password_checks_total", "cached" => cached).increment(0);
+    }
     for file in FILES {
         for result in ["success", "error"] {
             counter!("starling_auth_reloads_total", "file" => file, "result" => result).absolute(0);
         }
     }
-}
-
-fn count_attempt(method: &'static str, result: &'static str) {
-    counter!("starling_auth_attempts_total", "method" => method, "result" => result).increment(1);
 }
 
 /// What the provider attaches to each principal.
@@ -128,6 +110,8 @@ pub struct NodeAuth {
     argon2_slots: Arc<Semaphore>,
     /// Wakes the watcher for an immediate look at the files (after an admin API edit).
     reload_requested: Arc<tokio::sync::Notify>,
+    /// Successful argon2 verifications, cleared when the password file reloads.
+    password_cache: PasswordCache,
     shutdown: CancellationToken,
 }
 
@@ -151,6 +135,7 @@ impl NodeAuth {
         if !config.is_needed() {
             return Ok(None);
         }
+        let http = config.http.clone().map(HttpHook::new).transpose()?;
         let auth = Arc::new_cyclic(|me| NodeAuth {
             config: config.clone(),
             max_topic_levels,
@@ -160,7 +145,7 @@ impl NodeAuth {
             generation: AtomicU64::new(1),
             bans: RwLock::new(Arc::new(BanList::default())),
             jwt_keys: RwLock::new(Arc::new(JwtKeys::default())),
-            http: config.http.clone().map(HttpHook::new),
+            http,
             live: LiveConnections::default(),
             next_id: AtomicU64::new(1),
             fake_secret: rand::random(),
@@ -168,6 +153,7 @@ impl NodeAuth {
                 std::thread::available_parallelism().map_or(2, |n| n.get()),
             )),
             reload_requested: Arc::new(tokio::sync::Notify::new()),
+            password_cache: PasswordCache::new(config.password_cache_max_entries),
             shutdown: CancellationToken::new(),
         });
         for file in FILES {
@@ -224,6 +210,8 @@ impl NodeAuth {
                     let db = PasswordDb::parse(&read_optional(path)?)
                         .with_context(|| format!("invalid password file {}", path.display()))?;
                     *self.passwords.write() = Arc::new(db);
+                    // Entries of changed hashes could never match again; drop them all at once.
+                    self.password_cache.clear();
                 }
             }
             "acl" => {

@@ -374,7 +374,7 @@ mod tests {
             "starling_messages_received_total",
             "starling_messages_dropped_total",
             "starling_message_delivery_latency_seconds",
-            "starling_auth_failures_total",
+            "starling_auth_attempts_total",
             "starling_storage_flush_latency_seconds",
             "starling_storage_batch_size",
             "starling_actor_mailbox_wait_seconds",

@@ -8,32 +8,13 @@ mod support;
 use std::{path::Path, time::Duration};
 
 use bytes::Bytes;
-use starling_core::codec::{ByteString, ProtocolVersion, QoS, ReasonCode};
-use starling_node::auth::cli::{run_passwd_with_input, PasswdArgs};
+use starling_core::codec::{ProtocolVersion, QoS, ReasonCode};
 use support::{
+    auth::{connect_with_credentials, passwd},
     eventually,
     external::{args, require_mosquitto_clients, run_client},
-    raw::connect_packet,
-    RawClient, TestBroker, PROMPTLY,
+    TestBroker, PROMPTLY,
 };
-
-/// Runs `starling passwd FILE <args>` (the command's code, in-process: the binary in a shared
-/// target directory may belong to another build) with `stdin`; returns (success, stdout).
-async fn passwd(file: &Path, command: &[&str], stdin: &str) -> (bool, String) {
-    use clap::Parser;
-    #[derive(Parser)]
-    struct Cli {
-        #[command(flatten)]
-        args: PasswdArgs,
-    }
-    let mut argv = vec!["passwd".to_string(), file.display().to_string()];
-    argv.extend(command.iter().map(|arg| (*arg).to_string()));
-    let cli = Cli::try_parse_from(argv).unwrap();
-    let mut input = std::io::Cursor::new(stdin.as_bytes().to_vec());
-    let mut out = Vec::new();
-    let ok = run_passwd_with_input(&cli.args, Some(&mut input), &mut out).is_ok();
-    (ok, String::from_utf8(out).unwrap())
-}
 
 async fn connack(
     broker: &TestBroker,
@@ -41,16 +22,14 @@ async fn connack(
     user: Option<&str>,
     password: Option<&str>,
 ) -> ReasonCode {
-    let mut connect = connect_packet(version, "pw-client");
-    connect.username = user.map(ByteString::from);
-    connect.password = password.map(|p| Bytes::copy_from_slice(p.as_bytes()));
-    let (_client, connack) = RawClient::connect_with(broker.addr, connect).await;
-    connack.reason_code
+    connect_with_credentials(broker, version, "pw-client", user, password)
+        .await
+        .1
 }
 
 async fn broker_with_users(dir: &Path) -> (TestBroker, std::path::PathBuf) {
     let file = dir.join("passwd");
-    assert!(passwd(&file, &["add", "alice"], "s3cret\n").await.0);
+    assert!(passwd(&file, &["add", "alice"], "s3cret\n").0);
     let config = format!(
         "[mqtt]\nallow_anonymous = false\n[auth]\npassword_file = \"{}\"\nreload_interval_ms = 100\n",
         file.display()
@@ -62,12 +41,8 @@ async fn broker_with_users(dir: &Path) -> (TestBroker, std::path::PathBuf) {
 async fn passwd_stores_argon2_hashes_in_a_private_file() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("passwd");
-    assert!(
-        passwd(&file, &["add", "alice", "--scram"], "s3cret\n")
-            .await
-            .0
-    );
-    assert!(passwd(&file, &["add", "bob"], "hunter2\n").await.0);
+    assert!(passwd(&file, &["add", "alice", "--scram"], "s3cret\n").0);
+    assert!(passwd(&file, &["add", "bob"], "hunter2\n").0);
     let text = std::fs::read_to_string(&file).unwrap();
     assert!(text.contains("alice:$argon2id$"), "{text}");
     assert!(text.contains("alice:$scram-sha-256$i=4096$"), "{text}");
@@ -80,16 +55,16 @@ async fn passwd_stores_argon2_hashes_in_a_private_file() {
         std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
         0o600
     );
-    let (ok, listing) = passwd(&file, &["list"], "").await;
+    let (ok, listing) = passwd(&file, &["list"], "");
     assert!(ok);
     assert_eq!(listing, "alice\targon2id,scram-sha-256\nbob\targon2id\n");
-    assert!(passwd(&file, &["remove", "bob"], "").await.0);
+    assert!(passwd(&file, &["remove", "bob"], "").0);
     assert!(
-        !passwd(&file, &["remove", "bob"], "").await.0,
+        !passwd(&file, &["remove", "bob"], "").0,
         "removing twice fails"
     );
     assert!(
-        !passwd(&file, &["add", "eve"], "\n").await.0,
+        !passwd(&file, &["add", "eve"], "\n").0,
         "empty password refused"
     );
     // No temporary file is left behind.
@@ -178,19 +153,20 @@ async fn mosquitto_pub_authenticates_with_user_and_password() {
     let dir = tempfile::tempdir().unwrap();
     let (broker, _file) = broker_with_users(dir.path()).await;
     let port = broker.port().to_string();
-    let mut subscriber = RawClient::connect_with(broker.addr, {
-        let mut connect = connect_packet(ProtocolVersion::V5, "observer");
-        connect.username = Some(ByteString::from("alice"));
-        connect.password = Some(Bytes::from_static(b"s3cret"));
-        connect
-    })
-    .await
-    .0;
+    let (mut subscriber, code) = connect_with_credentials(
+        &broker,
+        ProtocolVersion::V5,
+        "observer",
+        Some("alice"),
+        Some("s3cret"),
+    )
+    .await;
+    assert_eq!(code, ReasonCode::Success);
     subscriber.subscribe("m/#", QoS::AtLeastOnce).await;
-    for version in ["mqttv311", "mqttv5"] {
-        let ok = run_client(
-            "mosquitto_pub",
-            &args(&[
+    let mosquitto_pub = |version: &'static str, password: &'static str, topic: &'static str| {
+        let port = port.clone();
+        async move {
+            let argv = [
                 "-h",
                 "127.0.0.1",
                 "-p",
@@ -200,41 +176,26 @@ async fn mosquitto_pub_authenticates_with_user_and_password() {
                 "-u",
                 "alice",
                 "-P",
-                "s3cret",
+                password,
                 "-t",
-                "m/ok",
+                topic,
                 "-m",
                 version,
                 "-q",
                 "1",
-            ]),
-        )
-        .await;
-        ok.assert_success("mosquitto_pub with the right password");
+            ];
+            run_client("mosquitto_pub", &args(&argv)).await
+        }
+    };
+    for version in ["mqttv311", "mqttv5"] {
+        mosquitto_pub(version, "s3cret", "m/ok")
+            .await
+            .assert_success("mosquitto_pub with the right password");
         assert_eq!(
             subscriber.recv_publish_and_ack().await.payload,
             Bytes::from(version)
         );
-        let refused = run_client(
-            "mosquitto_pub",
-            &args(&[
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &port,
-                "-V",
-                version,
-                "-u",
-                "alice",
-                "-P",
-                "bad",
-                "-t",
-                "m/no",
-                "-m",
-                "x",
-            ]),
-        )
-        .await;
+        let refused = mosquitto_pub(version, "bad", "m/no").await;
         assert_ne!(refused.code, Some(0), "{refused:?}");
     }
     subscriber.expect_nothing(Duration::from_millis(300)).await;
@@ -249,8 +210,8 @@ async fn password_file_changes_apply_without_restart() {
         connack(&broker, v5, Some("bob"), Some("pw-bob")).await,
         ReasonCode::BadUserNameOrPassword
     );
-    assert!(passwd(&file, &["add", "bob"], "pw-bob\n").await.0);
-    assert!(passwd(&file, &["remove", "alice"], "").await.0);
+    assert!(passwd(&file, &["add", "bob"], "pw-bob\n").0);
+    assert!(passwd(&file, &["remove", "alice"], "").0);
     let broker_ref = &broker;
     eventually(PROMPTLY, "bob accepted after the reload", || async move {
         connack(broker_ref, v5, Some("bob"), Some("pw-bob")).await == ReasonCode::Success

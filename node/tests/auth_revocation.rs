@@ -1,171 +1,24 @@
-//! Revocation and limits: MQTT 5 enhanced authentication with SCRAM-SHA-256 (a client written
-//! here on `ring`, CONNECT/AUTH/CONNACK and re-authentication with AUTH 0x19), the ban list
+//! Revocation and limits: MQTT 5 enhanced authentication with SCRAM-SHA-256 (the client of
+//! `support::scram`, CONNECT/AUTH/CONNACK and re-authentication with AUTH 0x19), the ban list
 //! (CONNACK 0x8A, connected clients kicked within a second of `starling ban add`), and the
 //! per-client publish limits (throttling and DISCONNECT 0x96) and subscription quota.
 #![allow(clippy::unwrap_used)]
 
 mod support;
 
-use std::{num::NonZeroU32, time::Duration};
+use std::time::Duration;
 
-use base64::{engine::general_purpose::STANDARD, Engine};
 use bytes::Bytes;
-use ring::{digest, hmac, pbkdf2};
-use starling_core::codec::{
-    Auth, AuthProperties, ByteString, Packet, ProtocolVersion, QoS, ReasonCode,
-};
+use starling_core::codec::{ByteString, Packet, ProtocolVersion, QoS, ReasonCode};
 use starling_node::auth::{
     bans::BanKind,
-    cli::{run_ban, run_passwd_with_input, BanCommand, PasswdArgs, PasswdCommand},
+    cli::{run_ban, BanCommand},
 };
-use support::{raw::connect_packet, Event, RawClient, TestBroker, PROMPTLY};
-
-const METHOD: &str = "SCRAM-SHA-256";
-
-/// The client half of SCRAM-SHA-256 (RFC 5802), written independently of the broker's.
-struct Scram {
-    bare: String,
-    nonce: String,
-    password: Vec<u8>,
-}
-
-fn hmac256(key: &[u8], data: &[u8]) -> Vec<u8> {
-    hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, key), data)
-        .as_ref()
-        .to_vec()
-}
-
-impl Scram {
-    fn new(user: &str, password: &str) -> (Scram, String) {
-        let nonce = STANDARD.encode(rand_bytes());
-        let bare = format!("n={user},r={nonce}");
-        let first = format!("n,,{bare}");
-        (
-            Scram {
-                bare,
-                nonce,
-                password: password.as_bytes().to_vec(),
-            },
-            first,
-        )
-    }
-
-    /// Returns client-final and the server-final to expect.
-    fn answer(&self, server_first: &str) -> (String, String) {
-        let field = |key: &str| {
-            server_first
-                .split(',')
-                .find_map(|kv| kv.strip_prefix(key))
-                .unwrap()
-                .to_string()
-        };
-        let nonce = field("r=");
-        assert!(nonce.starts_with(&self.nonce));
-        let salt = STANDARD.decode(field("s=")).unwrap();
-        let iterations: u32 = field("i=").parse().unwrap();
-        let mut salted = [0u8; 32];
-        pbkdf2::derive(
-            pbkdf2::PBKDF2_HMAC_SHA256,
-            NonZeroU32::new(iterations).unwrap(),
-            &salt,
-            &self.password,
-            &mut salted,
-        );
-        let client_key = hmac256(&salted, b"Client Key");
-        let stored_key = digest::digest(&digest::SHA256, &client_key);
-        let without_proof = format!("c=biws,r={nonce}");
-        let auth_message = format!("{},{server_first},{without_proof}", self.bare);
-        let signature = hmac256(stored_key.as_ref(), auth_message.as_bytes());
-        let proof: Vec<u8> = client_key
-            .iter()
-            .zip(&signature)
-            .map(|(k, s)| k ^ s)
-            .collect();
-        let server_key = hmac256(&salted, b"Server Key");
-        let server_signature = hmac256(&server_key, auth_message.as_bytes());
-        (
-            format!("{without_proof},p={}", STANDARD.encode(proof)),
-            format!("v={}", STANDARD.encode(server_signature)),
-        )
-    }
-}
-
-fn rand_bytes() -> [u8; 18] {
-    let mut bytes = [0u8; 18];
-    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes).unwrap();
-    bytes
-}
-
-fn auth_packet(reason_code: ReasonCode, data: &str) -> Packet {
-    Packet::Auth(Auth {
-        reason_code,
-        properties: AuthProperties {
-            authentication_method: Some(ByteString::from(METHOD)),
-            authentication_data: Some(Bytes::copy_from_slice(data.as_bytes())),
-            ..AuthProperties::default()
-        },
-    })
-}
-
-fn auth_data(packet: &Packet) -> String {
-    let data = match packet {
-        Packet::Auth(auth) => auth.properties.authentication_data.clone(),
-        Packet::ConnAck(connack) => connack.properties.authentication_data.clone(),
-        other => panic!("expected AUTH or CONNACK, got {other:?}"),
-    };
-    String::from_utf8(data.unwrap_or_default().to_vec()).unwrap()
-}
-
-fn add_user(file: &std::path::Path, user: &str, password: &str) {
-    let args = PasswdArgs {
-        file: file.to_path_buf(),
-        command: PasswdCommand::Add {
-            user: user.to_string(),
-            scram: true,
-            scram_iterations: 4096,
-        },
-    };
-    let mut input = std::io::Cursor::new(format!("{password}\n").into_bytes());
-    run_passwd_with_input(&args, Some(&mut input), &mut Vec::new()).unwrap();
-}
-
-/// SCRAM at CONNECT; returns the client and the CONNACK reason code.
-async fn scram_connect(broker: &TestBroker, user: &str, password: &str) -> (RawClient, ReasonCode) {
-    let (scram, first) = Scram::new(user, password);
-    let mut connect = connect_packet(ProtocolVersion::V5, &format!("scram-{user}"));
-    connect.properties.authentication_method = Some(ByteString::from(METHOD));
-    connect.properties.authentication_data = Some(Bytes::from(first));
-    let mut client = RawClient::open(broker.addr).await;
-    client.send(Packet::Connect(Box::new(connect))).await;
-    let server_first = client.recv().await;
-    match &server_first {
-        Packet::Auth(auth) => assert_eq!(auth.reason_code, ReasonCode::ContinueAuthentication),
-        other => panic!("expected AUTH 0x18, got {other:?}"),
-    }
-    let (client_final, server_final) = scram.answer(&auth_data(&server_first));
-    client
-        .send(auth_packet(
-            ReasonCode::ContinueAuthentication,
-            &client_final,
-        ))
-        .await;
-    let connack = match client.recv().await {
-        Packet::ConnAck(connack) => connack,
-        other => panic!("expected CONNACK, got {other:?}"),
-    };
-    if connack.reason_code == ReasonCode::Success {
-        assert_eq!(
-            connack.properties.authentication_method.as_deref(),
-            Some(METHOD)
-        );
-        assert_eq!(
-            auth_data(&Packet::ConnAck(connack.clone())),
-            server_final,
-            "server signature"
-        );
-    }
-    (client, connack.reason_code)
-}
+use support::{
+    raw::connect_packet,
+    scram::{add_user, auth_data, scram_connect, scram_reauthenticate},
+    Event, RawClient, TestBroker, PROMPTLY,
+};
 
 #[tokio::test]
 async fn scram_sha_256_authenticates_and_reauthenticates() {
@@ -177,6 +30,7 @@ async fn scram_sha_256_authenticates_and_reauthenticates() {
         file.display()
     );
     let broker = TestBroker::start_with(&config).await;
+    let before = broker.scrape().await;
     let (mut client, code) = scram_connect(&broker, "alice", "s3cret").await;
     assert_eq!(code, ReasonCode::Success);
     assert_eq!(
@@ -195,18 +49,7 @@ async fn scram_sha_256_authenticates_and_reauthenticates() {
 
     // Re-authentication: AUTH 0x19, AUTH 0x18, AUTH 0x00; the session goes on.
     client.subscribe("t", QoS::AtMostOnce).await;
-    let (scram, first) = Scram::new("alice", "s3cret");
-    client
-        .send(auth_packet(ReasonCode::ReAuthenticate, &first))
-        .await;
-    let server_first = client.recv().await;
-    let (client_final, server_final) = scram.answer(&auth_data(&server_first));
-    client
-        .send(auth_packet(
-            ReasonCode::ContinueAuthentication,
-            &client_final,
-        ))
-        .await;
+    let server_final = scram_reauthenticate(&mut client, "alice", "s3cret").await;
     match client.recv().await {
         Packet::Auth(auth) => {
             assert_eq!(auth.reason_code, ReasonCode::Success);
@@ -223,19 +66,27 @@ async fn scram_sha_256_authenticates_and_reauthenticates() {
         Bytes::from_static(b"still here")
     );
     // A failed re-authentication ends the connection with DISCONNECT 0x87.
-    let (scram, first) = Scram::new("alice", "wrong");
-    client
-        .send(auth_packet(ReasonCode::ReAuthenticate, &first))
-        .await;
-    let server_first = client.recv().await;
-    let (client_final, _) = scram.answer(&auth_data(&server_first));
-    client
-        .send(auth_packet(
-            ReasonCode::ContinueAuthentication,
-            &client_final,
-        ))
-        .await;
+    scram_reauthenticate(&mut client, "alice", "wrong").await;
     client.expect_disconnect(ReasonCode::NotAuthorized).await;
+
+    // Each CONNECT and re-authentication counted once (only this test uses SCRAM here).
+    let after = broker.scrape().await;
+    let delta = |method: &str, result: &str| {
+        let labels = [("method", method), ("result", result)];
+        after.sum("starling_auth_attempts_total", &labels)
+            - before.sum("starling_auth_attempts_total", &labels)
+    };
+    assert_eq!(
+        delta("scram", "success"),
+        2.0,
+        "CONNECT and re-authentication"
+    );
+    assert_eq!(
+        delta("scram", "bad_credentials"),
+        3.0,
+        "two CONNECTs, one re-authentication"
+    );
+    assert_eq!(delta("enhanced", "not_authorized"), 1.0, "KERBEROS");
 }
 
 #[tokio::test]

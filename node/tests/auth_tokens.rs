@@ -14,14 +14,13 @@ use std::{
 };
 
 use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
-use bytes::Bytes;
 use ring::{
     hmac,
     signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING},
 };
 use serde_json::{json, Value};
-use starling_core::codec::{ByteString, ProtocolVersion, QoS, ReasonCode};
-use support::{raw::connect_packet, RawClient, TestBroker};
+use starling_core::codec::{ProtocolVersion, QoS, ReasonCode};
+use support::{auth::connect_with_credentials, RawClient, TestBroker};
 
 fn now_secs() -> u64 {
     SystemTime::now()
@@ -49,11 +48,7 @@ async fn connect(
     user: Option<&str>,
     password: &str,
 ) -> (RawClient, ReasonCode) {
-    let mut connect = connect_packet(ProtocolVersion::V5, client_id);
-    connect.username = user.map(ByteString::from);
-    connect.password = Some(Bytes::copy_from_slice(password.as_bytes()));
-    let (client, connack) = RawClient::connect_with(broker.addr, connect).await;
-    (client, connack.reason_code)
+    connect_with_credentials(broker, ProtocolVersion::V5, client_id, user, Some(password)).await
 }
 
 #[tokio::test]

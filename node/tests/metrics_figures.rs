@@ -184,27 +184,99 @@ async fn connack_code(node: &AdminNode, connect: &[u8]) -> u8 {
     connack[3]
 }
 
+/// An MQTT 3.1.1 CONNECT with a user name and password.
+fn connect_with_password(client_id: &str, username: &str, password: &str) -> Vec<u8> {
+    let mut body = b"\x00\x04MQTT\x04\xc2\x00\x3c".to_vec();
+    for field in [client_id, username, password] {
+        body.extend_from_slice(&(field.len() as u16).to_be_bytes());
+        body.extend_from_slice(field.as_bytes());
+    }
+    assert!(body.len() < 128, "one-byte remaining length");
+    let mut packet = vec![0x10, body.len() as u8];
+    packet.extend_from_slice(&body);
+    packet
+}
+
+/// Writes a password file with `user` and `password` through `starling passwd`'s code.
+fn password_file(dir: &std::path::Path, user: &str, password: &str) -> std::path::PathBuf {
+    use clap::Parser;
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: starling_node::auth::cli::PasswdArgs,
+    }
+    let file = dir.join("passwd");
+    let cli = Cli::try_parse_from(["passwd", &file.display().to_string(), "add", user]).unwrap();
+    let mut input = std::io::Cursor::new(format!("{password}\n").into_bytes());
+    starling_node::auth::cli::run_passwd_with_input(&cli.args, Some(&mut input), &mut Vec::new())
+        .unwrap();
+    file
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auth_outcomes_are_counted_by_reason() {
-    let node = AdminNode::start_with("[mqtt]\nallow_anonymous = false\n", None, false).await;
-    let failures =
-        |e: &Exposition, reason: &str| e.sum("starling_auth_failures_total", &[("reason", reason)]);
+    let dir = tempfile::tempdir().unwrap();
+    let passwords = password_file(dir.path(), "meter", "good-pass");
+    let node = AdminNode::start_with(
+        &format!(
+            "[mqtt]\nallow_anonymous = false\n[auth]\npassword_file = {:?}\n",
+            passwords.display().to_string()
+        ),
+        None,
+        false,
+    )
+    .await;
+    let attempts = |e: &Exposition, method: &str, result: &str| {
+        e.sum(
+            "starling_auth_attempts_total",
+            &[("method", method), ("result", result)],
+        )
+    };
     let before = node.scrape().await;
-    for reason in [
-        "anonymous_denied",
-        "bad_credentials",
-        "unsupported_method",
-        "not_authorized",
-        "backend_error",
+    for method in [
+        "anonymous",
+        "password",
+        "jwt",
+        "http",
+        "scram",
+        "enhanced",
+        "certificate",
     ] {
-        assert!(
-            before
-                .samples
-                .iter()
-                .any(|s| s.name == "starling_auth_failures_total"
-                    && s.labels.get("reason").map(String::as_str) == Some(reason)),
-            "no series for {reason}"
-        );
+        for result in [
+            "success",
+            "bad_credentials",
+            "not_authorized",
+            "banned",
+            "unavailable",
+            "aborted",
+        ] {
+            assert!(
+                before
+                    .samples
+                    .iter()
+                    .any(|s| s.name == "starling_auth_attempts_total"
+                        && s.labels.get("method").map(String::as_str) == Some(method)
+                        && s.labels.get("result").map(String::as_str) == Some(result)),
+                "no series for {method}/{result}"
+            );
+        }
+    }
+    assert!(
+        !before
+            .samples
+            .iter()
+            .any(|s| s.name == "starling_auth_failures_total"
+                || s.name == "starling_auth_successes_total"),
+        "the old authentication counters are gone"
+    );
+    // N = 3 wrong passwords (CONNACK 0x04) and M = 2 right ones (0x00).
+    for idx in 0..3 {
+        let connect = connect_with_password(&format!("bad-{idx}"), "meter", "wrong-pass");
+        assert_eq!(connack_code(&node, &connect).await, 0x04);
+    }
+    for idx in 0..2 {
+        let connect = connect_with_password(&format!("good-{idx}"), "meter", "good-pass");
+        assert_eq!(connack_code(&node, &connect).await, 0x00);
     }
     // MQTT 3.1.1 CONNECT without a username: CONNACK 0x05 Not authorized.
     let anonymous = b"\x10\x0f\x00\x04MQTT\x04\x02\x00\x3c\x00\x03ano";
@@ -213,23 +285,30 @@ async fn auth_outcomes_are_counted_by_reason() {
     // MQTT 5 CONNECT with an Authentication Method: CONNACK 0x8C Bad authentication method.
     let with_method = b"\x10\x18\x00\x04MQTT\x05\x02\x00\x3c\x08\x15\x00\x05SCRAM\x00\x03scr";
     assert_eq!(connack_code(&node, with_method).await, 0x8C);
-    // MQTT 3.1.1 CONNECT with a username, with no password backend configured: the username
-    // proves nothing, CONNACK 0x05 Not authorized.
-    let unknown_user = b"\x10\x19\x00\x04MQTT\x04\xc2\x00\x3c\x00\x03usr\x00\x04user\x00\x02pw";
-    assert_eq!(connack_code(&node, unknown_user).await, 0x05);
 
     let after = node.scrape().await;
+    let delta = |method: &str, result: &str| {
+        attempts(&after, method, result) - attempts(&before, method, result)
+    };
+    // Only this test authenticates with a password or gets refused, so these are exact.
+    assert_eq!(delta("password", "bad_credentials"), 3.0);
+    assert_eq!(delta("password", "success"), 2.0);
+    assert_eq!(delta("anonymous", "not_authorized"), 2.0);
+    assert_eq!(delta("enhanced", "not_authorized"), 1.0);
+    let refused = |e: &Exposition| -> f64 {
+        e.samples
+            .iter()
+            .filter(|s| {
+                s.name == "starling_auth_attempts_total"
+                    && s.labels.get("result").map(String::as_str) != Some("success")
+            })
+            .map(|s| s.value)
+            .sum()
+    };
     assert_eq!(
-        failures(&after, "anonymous_denied") - failures(&before, "anonymous_denied"),
-        2.0
-    );
-    assert_eq!(
-        failures(&after, "unsupported_method") - failures(&before, "unsupported_method"),
-        1.0
-    );
-    assert_eq!(
-        failures(&after, "not_authorized") - failures(&before, "not_authorized"),
-        1.0
+        refused(&after) - refused(&before),
+        6.0,
+        "each refusal counted once"
     );
     assert!(
         after.sum(
@@ -238,7 +317,7 @@ async fn auth_outcomes_are_counted_by_reason() {
         ) - before.sum(
             "starling_connections_closed_total",
             &[("reason", "connect_refused")]
-        ) >= 4.0
+        ) >= 6.0
     );
 }
 

@@ -11,15 +11,14 @@ use tokio::time::Instant;
 
 use crate::{
     auth::{
-        AclAction, AuthDecision, ConnectRequest, ConnectionAuth, Exceeded, LimitKind,
-        RateLimitAction, SubscribeDecision,
+        AclAction, AuthDecision, AuthMethod, AuthResult, ConnectRequest, ConnectionAuth, Exceeded,
+        LimitKind, RateLimitAction, SubscribeDecision,
     },
     broker::Broker,
     codec::{
         decode_packet, Auth, AuthProperties, Connect, Packet, ProtocolVersion, Publish, QoS,
         ReasonCode,
     },
-    metrics::AuthFailure,
     session::connection::{refuse, write_all, Blocked, Close, Connection},
     topic::TopicFilter,
     transport::{ListenerId, Transport},
@@ -35,20 +34,18 @@ pub(super) struct Authenticated {
     pub(super) data: Option<Bytes>,
 }
 
-/// Counts a refused authentication in `starling_auth_failures_total{reason}`.
-fn count_refusal(broker: &Broker, reason_code: ReasonCode, anonymous: bool) {
-    let failure = match reason_code {
-        ReasonCode::NotAuthorized if anonymous => AuthFailure::AnonymousDenied,
-        ReasonCode::BadUserNameOrPassword => AuthFailure::BadCredentials,
-        ReasonCode::BadAuthenticationMethod => AuthFailure::UnsupportedMethod,
-        ReasonCode::NotAuthorized | ReasonCode::Banned => AuthFailure::NotAuthorized,
-        _ => AuthFailure::BackendError,
-    };
-    broker.inner.metrics.auth.failed(failure);
+/// How authentication at CONNECT ended, before it is counted and answered.
+enum ConnectOutcome {
+    Accepted(AuthMethod, Authenticated),
+    /// Refused with this CONNACK.
+    Refused(AuthMethod, ReasonCode, &'static str),
+    /// The AUTH exchange ended without a decision (closed, timed out): no CONNACK.
+    Aborted(AuthMethod),
 }
 
 /// Authenticates a CONNECT; on refusal the CONNACK is sent, the socket closed and `None`
-/// returned.
+/// returned. This is the one place a CONNECT's attempt is counted in
+/// `starling_auth_attempts_total`, with a provider or without.
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn authenticate_connect<T: Transport>(
     broker: &Broker,
@@ -59,38 +56,55 @@ pub(super) async fn authenticate_connect<T: Transport>(
     client_id: &str,
     rbuf: &mut BytesMut,
 ) -> Option<Authenticated> {
+    let outcome = decide_connect(broker, transport, peer, listener, connect, client_id, rbuf).await;
+    let attempts = &broker.inner.metrics.auth;
+    match outcome {
+        ConnectOutcome::Accepted(method, authenticated) => {
+            attempts.count(method, AuthResult::Success);
+            Some(authenticated)
+        }
+        ConnectOutcome::Refused(method, reason_code, reason) => {
+            attempts.count(method, AuthResult::of_refusal(reason_code));
+            refuse(transport, connect.protocol, reason_code, reason).await;
+            None
+        }
+        ConnectOutcome::Aborted(method) => {
+            attempts.count(method, AuthResult::Aborted);
+            None
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn decide_connect<T: Transport>(
+    broker: &Broker,
+    transport: &T,
+    peer: std::net::SocketAddr,
+    listener: ListenerId,
+    connect: &Connect,
+    client_id: &str,
+    rbuf: &mut BytesMut,
+) -> ConnectOutcome {
     let version = connect.protocol;
     let limits = &broker.inner.limits;
     let Some(provider) = broker.inner.auth.clone() else {
         // [MQTT-4.12.0-1] no authentication method without a provider.
         if connect.properties.authentication_method.is_some() {
-            count_refusal(broker, ReasonCode::BadAuthenticationMethod, false);
-            refuse(
-                transport,
-                version,
+            return ConnectOutcome::Refused(
+                AuthMethod::Enhanced,
                 ReasonCode::BadAuthenticationMethod,
                 "authentication method not supported",
-            )
-            .await;
-            return None;
+            );
         }
         if !limits.allow_anonymous && connect.username.is_none() {
-            broker
-                .inner
-                .metrics
-                .auth
-                .failed(AuthFailure::AnonymousDenied);
-            refuse(
-                transport,
-                version,
+            return ConnectOutcome::Refused(
+                AuthMethod::Anonymous,
                 ReasonCode::NotAuthorized,
                 "anonymous access is disabled",
-            )
-            .await;
-            return None;
+            );
         }
-        broker.inner.metrics.auth.succeeded();
-        return Some(Authenticated::default());
+        // Without a provider nothing is verified: every client is anonymous.
+        return ConnectOutcome::Accepted(AuthMethod::Anonymous, Authenticated::default());
     };
     let listener_name = broker.listener_name(listener);
     let method = connect.properties.authentication_method.clone();
@@ -101,6 +115,7 @@ pub(super) async fn authenticate_connect<T: Transport>(
     let request = ConnectRequest {
         client_id,
         username: certificate_username.or(connect.username.as_deref()),
+        username_from_certificate: certificate_username.is_some(),
         password: connect.password.as_deref(),
         method: method.as_deref(),
         data: connect.properties.authentication_data.as_deref(),
@@ -124,43 +139,40 @@ pub(super) async fn authenticate_connect<T: Transport>(
                         );
                     if !allowed {
                         broker.inner.metrics.security.acl_denied(AclAction::Publish);
-                        count_refusal(broker, ReasonCode::NotAuthorized, false);
-                        refuse(
-                            transport,
-                            version,
+                        return ConnectOutcome::Refused(
+                            principal.method,
                             ReasonCode::NotAuthorized,
                             "will topic not authorized",
-                        )
-                        .await;
-                        return None;
+                        );
                     }
                 }
-                broker.inner.metrics.auth.succeeded();
-                return Some(Authenticated {
-                    auth: Some(Box::new(ConnectionAuth::new(principal))),
-                    method: if data.is_some() || method.is_some() {
-                        method
-                    } else {
-                        None
+                return ConnectOutcome::Accepted(
+                    principal.method,
+                    Authenticated {
+                        auth: Some(Box::new(ConnectionAuth::new(principal))),
+                        method: if data.is_some() || method.is_some() {
+                            method
+                        } else {
+                            None
+                        },
+                        data,
                     },
-                    data,
-                });
+                );
             }
-            AuthDecision::Refuse(reason_code, reason) => {
-                count_refusal(broker, reason_code, connect.username.is_none());
-                refuse(transport, version, reason_code, reason).await;
-                return None;
+            AuthDecision::Refuse(auth_method, reason_code, reason) => {
+                return ConnectOutcome::Refused(auth_method, reason_code, reason);
             }
-            AuthDecision::Continue { data, exchange } => {
+            AuthDecision::Continue {
+                method: auth_method,
+                data,
+                exchange,
+            } => {
                 let Some(method) = method.clone().filter(|_| version.is_v5()) else {
-                    refuse(
-                        transport,
-                        version,
+                    return ConnectOutcome::Refused(
+                        auth_method,
                         ReasonCode::BadAuthenticationMethod,
                         "authentication method not supported",
-                    )
-                    .await;
-                    return None;
+                    );
                 };
                 let auth = Packet::Auth(Auth {
                     reason_code: ReasonCode::ContinueAuthentication,
@@ -173,7 +185,7 @@ pub(super) async fn authenticate_connect<T: Transport>(
                 let mut out = BytesMut::new();
                 auth.encode(version, &mut out);
                 if write_all(transport, &out).await.is_err() {
-                    return None;
+                    return ConnectOutcome::Aborted(auth_method);
                 }
                 let reply = tokio::time::timeout(
                     limits.connect_timeout,
@@ -183,28 +195,22 @@ pub(super) async fn authenticate_connect<T: Transport>(
                 let answer = match reply {
                     Ok(Ok(Some(Packet::Auth(answer)))) => answer,
                     Ok(Ok(_)) => {
-                        refuse(
-                            transport,
-                            version,
+                        return ConnectOutcome::Refused(
+                            auth_method,
                             ReasonCode::ProtocolError,
                             "expected AUTH during authentication",
-                        )
-                        .await;
-                        return None;
+                        );
                     }
-                    Ok(Err(_)) | Err(_) => return None,
+                    Ok(Err(_)) | Err(_) => return ConnectOutcome::Aborted(auth_method),
                 };
                 if answer.reason_code != ReasonCode::ContinueAuthentication
                     || answer.properties.authentication_method.as_deref() != Some(&*method)
                 {
-                    refuse(
-                        transport,
-                        version,
+                    return ConnectOutcome::Refused(
+                        auth_method,
                         ReasonCode::ProtocolError,
                         "AUTH must continue with the same method",
-                    )
-                    .await;
-                    return None;
+                    );
                 }
                 decision = exchange.step(answer.properties.authentication_data.as_deref());
             }
@@ -287,10 +293,18 @@ impl<T: Transport> Connection<T> {
         }
     }
 
-    /// Tells the provider the connection closes.
+    /// Tells the provider the connection closes (a re-authentication still waiting for the
+    /// client's AUTH counts as aborted).
     pub(super) fn auth_detached(&mut self) {
         if let (Some(auth), Some(provider)) = (self.auth.as_ref(), self.broker.inner.auth.as_ref())
         {
+            if auth.exchange.is_some() {
+                self.broker
+                    .inner
+                    .metrics
+                    .auth
+                    .count(auth.principal.method, AuthResult::Aborted);
+            }
             provider.disconnected(&auth.principal);
         }
     }
@@ -420,25 +434,30 @@ impl<T: Transport> Connection<T> {
             ));
         }
         let data = packet.properties.authentication_data.as_deref();
+        let attempts = &self.broker.inner.metrics.auth;
         let decision = match (packet.reason_code, auth.exchange.take()) {
             (ReasonCode::ReAuthenticate, None) => {
                 provider.reauthenticate(&auth.principal, &method, data)
             }
             (ReasonCode::ContinueAuthentication, Some(exchange)) => exchange.step(data),
-            _ => {
+            (_, exchange) => {
+                if exchange.is_some() {
+                    attempts.count(auth.principal.method, AuthResult::Aborted);
+                }
                 return Err(Close::Protocol(
                     ReasonCode::ProtocolError,
                     "unexpected AUTH reason code",
-                ))
+                ));
             }
         };
         match decision {
-            AuthDecision::Continue { data, exchange } => {
+            AuthDecision::Continue { data, exchange, .. } => {
                 auth.exchange = Some(exchange);
                 self.write_auth(ReasonCode::ContinueAuthentication, method, Some(data));
                 Ok(())
             }
             AuthDecision::Accept { principal, data } => {
+                attempts.count(principal.method, AuthResult::Success);
                 let principal = Arc::new(*principal);
                 provider.disconnected(&auth.principal);
                 if auth.principal.rate_limits != principal.rate_limits {
@@ -452,8 +471,9 @@ impl<T: Transport> Connection<T> {
                 self.write_auth(ReasonCode::Success, method, data);
                 Ok(())
             }
-            AuthDecision::Refuse(reason_code, reason) => {
+            AuthDecision::Refuse(auth_method, reason_code, reason) => {
                 tracing::info!(client_id = %self.state.client_id, reason, "re-authentication failed");
+                attempts.count(auth_method, AuthResult::of_refusal(reason_code));
                 // [MQTT-4.12.1-2] a failed re-authentication ends with DISCONNECT.
                 let reason_code = match reason_code {
                     ReasonCode::BadAuthenticationMethod => ReasonCode::BadAuthenticationMethod,

@@ -265,6 +265,28 @@ pub(crate) fn intersects(rule: &str, filter: &str) -> bool {
     }
 }
 
+/// The first rule for publishing (`publish`) or reading that applies to `subject` and matches
+/// `topic_name`: first match wins.
+fn first_match<'r>(
+    rules: impl Iterator<Item = &'r AclRule>,
+    subject: &Subject<'_>,
+    topic_name: &str,
+    publish: bool,
+) -> Option<&'r AclRule> {
+    rules
+        .filter(|rule| {
+            (if publish {
+                rule.publish
+            } else {
+                rule.subscribe
+            }) && rule.applies(subject)
+        })
+        .find(|rule| {
+            rule.filters(subject)
+                .any(|filter| topic::matches(&filter, topic_name))
+        })
+}
+
 /// May `subject` publish to `topic`?
 pub(crate) fn check_publish<'r>(
     rules: impl Iterator<Item = &'r AclRule>,
@@ -273,14 +295,8 @@ pub(crate) fn check_publish<'r>(
     qos: QoS,
     retain: bool,
 ) -> bool {
-    for rule in rules.filter(|rule| rule.publish && rule.applies(subject)) {
-        for filter in rule.filters(subject) {
-            if topic::matches(&filter, topic_name) {
-                return rule.allow && qos <= rule.max_qos && (!retain || rule.retain);
-            }
-        }
-    }
-    false
+    first_match(rules, subject, topic_name, true)
+        .is_some_and(|rule| rule.allow && qos <= rule.max_qos && (!retain || rule.retain))
 }
 
 /// May `subject` receive a message published to `topic`?
@@ -289,14 +305,7 @@ pub(crate) fn check_read<'r>(
     subject: &Subject<'_>,
     topic_name: &str,
 ) -> bool {
-    for rule in rules.filter(|rule| rule.subscribe && rule.applies(subject)) {
-        for filter in rule.filters(subject) {
-            if topic::matches(&filter, topic_name) {
-                return rule.allow;
-            }
-        }
-    }
-    false
+    first_match(rules, subject, topic_name, false).is_some_and(|rule| rule.allow)
 }
 
 /// How may `subject` subscribe to `filter`? The first rule covering the whole filter decides;

@@ -9,6 +9,10 @@
 //! Any other status, a malformed answer or the timeout refuse the client with CONNACK 0x88
 //! (server unavailable), so devices retry later rather than give up.
 //!
+//! An `https://` hook is verified against the built-in public roots, or, with
+//! `auth.http.ca_file`, against that PEM bundle only (read at start); a hook whose certificate
+//! does not verify is unavailable like any other failure (0x88).
+//!
 //! Decisions (allow and deny) are cached for `cache_ttl_secs`, keyed by a SHA-256 of the whole
 //! request, in a bounded map (oldest entries dropped first). Requests run on the blocking pool,
 //! at most `max_concurrent_requests` at a time; the timeout covers the wait for a slot.
@@ -18,6 +22,7 @@ use std::{
     sync::Arc,
 };
 
+use anyhow::Context;
 use base64::{engine::general_purpose::STANDARD, Engine};
 use parking_lot::Mutex;
 use serde_json::{json, Value};
@@ -85,13 +90,43 @@ fn parse_answer(text: &str) -> Result<HookDecision, HookError> {
     }
 }
 
+/// Reads the CA certificates of a PEM bundle.
+fn read_ca_file(path: &std::path::Path) -> anyhow::Result<Vec<ureq::tls::Certificate<'static>>> {
+    let pem = std::fs::read(path)
+        .with_context(|| format!("cannot read auth.http.ca_file {}", path.display()))?;
+    let mut certificates = Vec::new();
+    for item in ureq::tls::parse_pem(&pem) {
+        match item {
+            Ok(ureq::tls::PemItem::Certificate(certificate)) => certificates.push(certificate),
+            Ok(_) => {}
+            Err(error) => anyhow::bail!(
+                "invalid PEM in auth.http.ca_file {}: {error}",
+                path.display()
+            ),
+        }
+    }
+    if certificates.is_empty() {
+        anyhow::bail!("auth.http.ca_file {} holds no certificate", path.display());
+    }
+    Ok(certificates)
+}
+
 impl HttpHook {
-    pub(crate) fn new(config: HttpHookConfig) -> HttpHook {
-        let agent_config = ureq::Agent::config_builder()
+    /// Builds the client; with `ca_file`, an `https://` hook is trusted only if its certificate
+    /// chains to one of those CAs (the built-in public roots are then not used).
+    ///
+    /// # Errors
+    /// Returns an error naming the file when `ca_file` cannot be read or holds no certificate.
+    pub(crate) fn new(config: HttpHookConfig) -> anyhow::Result<HttpHook> {
+        let mut builder = ureq::Agent::config_builder()
             .http_status_as_error(false)
-            .timeout_global(Some(config.timeout))
-            .build();
-        HttpHook {
+            .timeout_global(Some(config.timeout));
+        if let Some(ca_file) = &config.ca_file {
+            let roots = ureq::tls::RootCerts::new_with_certs(&read_ca_file(ca_file)?);
+            builder = builder.tls_config(ureq::tls::TlsConfig::builder().root_certs(roots).build());
+        }
+        let agent_config = builder.build();
+        Ok(HttpHook {
             slots: Arc::new(Semaphore::new(config.max_concurrent_requests)),
             agent: ureq::Agent::new_with_config(agent_config),
             cache: Mutex::new(Cache {
@@ -99,7 +134,7 @@ impl HttpHook {
                 order: VecDeque::new(),
             }),
             config,
-        }
+        })
     }
 
     /// The request body for a CONNECT.
@@ -235,10 +270,13 @@ mod tests {
             cache_ttl: Duration::from_secs(60),
             cache_max_entries: 10,
             max_concurrent_requests: 2,
-        });
+            ca_file: None,
+        })
+        .unwrap();
         let request = ConnectRequest {
             client_id: "c",
             username: Some("u"),
+            username_from_certificate: false,
             password: Some(b"p"),
             method: None,
             data: None,

@@ -15,7 +15,7 @@ use argon2::{
     Argon2,
 };
 
-use crate::auth::scram::ScramCredential;
+use crate::auth::scram::{self, ScramCredential};
 
 /// The credentials of one user.
 #[derive(Debug, Clone, Default)]
@@ -177,15 +177,45 @@ pub(crate) fn add_user(
     if password.is_empty() {
         anyhow::bail!("the password is empty");
     }
+    let scram = match scram_iterations {
+        Some(iterations) => Some(scram_credential(user, password, iterations)?),
+        None => None,
+    };
     let mut db = load_or_empty(path)?;
     let argon2 = hash_password(password)?;
-    let scram = scram_iterations
-        .map(|iterations| ScramCredential::derive(password, iterations))
-        .transpose()?;
     let entry = db.entry(user);
     entry.argon2 = Some(argon2);
     entry.scram = scram;
     write_private_file(path, &db.render())
+}
+
+/// Derives SCRAM keys from the SASLprep form of the password (RFC 5802: clients prepare the
+/// password the same way). The user name must already be in SASLprep form, since clients send
+/// that form and the file is looked up by it.
+fn scram_credential(
+    user: &str,
+    password: &[u8],
+    iterations: u32,
+) -> anyhow::Result<ScramCredential> {
+    let prepared_user = scram::saslprep(user).map_err(|error| {
+        anyhow::anyhow!(
+            "user name {user:?} cannot be used with SCRAM: {error} (SASLprep, RFC 4013)"
+        )
+    })?;
+    if prepared_user != user {
+        anyhow::bail!(
+            "user name {user:?} is not in SASLprep form; SCRAM clients send {prepared_user:?}, use that name"
+        );
+    }
+    let password = std::str::from_utf8(password)
+        .map_err(|_| anyhow::anyhow!("a SCRAM password must be UTF-8"))?;
+    let prepared = scram::saslprep(password).map_err(|error| {
+        anyhow::anyhow!("the password cannot be used with SCRAM: {error} (SASLprep, RFC 4013)")
+    })?;
+    if prepared.is_empty() {
+        anyhow::bail!("the password is empty after SASLprep");
+    }
+    ScramCredential::derive(prepared.as_bytes(), iterations)
 }
 
 /// Removes `user`; returns false if it was not there.

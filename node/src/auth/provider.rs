@@ -1,8 +1,8 @@
 //! The decisions: which method authenticates a CONNECT, and the ACL checks.
 //!
 //! Order at CONNECT: the ban list (CONNACK 0x8A); an Authentication Method (only
-//! SCRAM-SHA-256, else 0x8C); a verified client certificate with
-//! `auth.certificate_as_username`; a JWT-shaped password when JWT is configured; a user in the
+//! SCRAM-SHA-256, else 0x8C); a verified client certificate on a listener whose
+//! `cert_identity` makes its identity the user name; a JWT-shaped password when JWT is configured; a user in the
 //! password file (argon2); the HTTP hook for everyone else presenting credentials; then
 //! clients without credentials: accepted with a verified certificate, else only with
 //! `mqtt.allow_anonymous`. A user name that no configured method can verify is refused with
@@ -18,7 +18,10 @@ use std::{
 use bytestring::ByteString;
 use metrics::counter;
 use starling_core::{
-    auth::{AuthDecision, AuthFuture, AuthProvider, ConnectRequest, Principal, SubscribeDecision},
+    auth::{
+        AuthDecision, AuthFuture, AuthMethod, AuthProvider, ConnectRequest, Principal,
+        SubscribeDecision,
+    },
     codec::{QoS, ReasonCode},
     session::SessionHandle,
     transport::{ListenerId, PeerCertificate},
@@ -26,7 +29,7 @@ use starling_core::{
 
 use super::{
     acl::{self, AclRule, Subject},
-    ban_subject, count_attempt,
+    ban_subject,
     http_hook::HookDecision,
     jwt, password, scram, Attributes, NodeAuth,
 };
@@ -56,15 +59,9 @@ impl Seed {
 /// Topic lists a token or the hook granted.
 type Grants = (Option<Vec<String>>, Option<Vec<String>>);
 
-fn refuse(method: &'static str, reason_code: ReasonCode, reason: &'static str) -> AuthDecision {
-    let result = match reason_code {
-        ReasonCode::BadUserNameOrPassword => "bad_credentials",
-        ReasonCode::Banned => "banned",
-        ReasonCode::ServerUnavailable | ReasonCode::ServerBusy => "unavailable",
-        _ => "not_authorized",
-    };
-    count_attempt(method, result);
-    AuthDecision::Refuse(reason_code, reason)
+/// Refuses the attempt; the core counts it in `starling_auth_attempts_total`.
+fn refuse(method: AuthMethod, reason_code: ReasonCode, reason: &'static str) -> AuthDecision {
+    AuthDecision::Refuse(method, reason_code, reason)
 }
 
 impl NodeAuth {
@@ -72,7 +69,7 @@ impl NodeAuth {
         &self,
         seed: &Seed,
         username: Option<String>,
-        method: &'static str,
+        method: AuthMethod,
         expires_at: Option<SystemTime>,
         grants: Option<Grants>,
     ) -> AuthDecision {
@@ -108,14 +105,13 @@ impl NodeAuth {
             }
         }
         let restricted = !rules.is_empty() || !self.acl.read().is_empty();
-        count_attempt(method, "success");
         AuthDecision::Accept {
             principal: Box::new(Principal {
                 id: self.next_id.fetch_add(1, Ordering::Relaxed),
                 client_id: seed.client_id.clone(),
                 username: username.map(ByteString::from),
                 method,
-                enhanced_method: (method == "scram")
+                enhanced_method: (method == AuthMethod::Scram)
                     .then(|| ByteString::from_static(scram::METHOD)),
                 peer: seed.peer,
                 listener: seed.listener,
@@ -147,19 +143,37 @@ impl NodeAuth {
             &self.fake_secret,
             expected_user,
             Box::new(move |user: &str| match me.upgrade() {
-                Some(auth) => auth.principal(&seed, Some(user.to_string()), "scram", None, None),
-                None => AuthDecision::Refuse(ReasonCode::ServerUnavailable, "shutting down"),
+                Some(auth) => {
+                    auth.principal(&seed, Some(user.to_string()), AuthMethod::Scram, None, None)
+                }
+                None => refuse(
+                    AuthMethod::Scram,
+                    ReasonCode::ServerUnavailable,
+                    "shutting down",
+                ),
             }),
         )
     }
 
-    async fn check_password(&self, phc: String, password: Vec<u8>) -> bool {
+    /// Verifies `password` against `user`'s argon2 hash, or finds that it succeeded before.
+    async fn check_password(&self, user: &str, phc: String, password: Vec<u8>) -> bool {
+        let key = self.password_cache.key(user, &phc, &password);
+        if self.password_cache.contains(&key) {
+            counter!("starling_auth_password_checks_total", "cached" => "true").increment(1);
+            return true;
+        }
+        counter!("starling_auth_password_checks_total", "cached" => "false").increment(1);
         let Ok(_slot) = self.argon2_slots.clone().acquire_owned().await else {
             return false;
         };
-        tokio::task::spawn_blocking(move || password::verify_password(&phc, &password))
-            .await
-            .unwrap_or(false)
+        let verified =
+            tokio::task::spawn_blocking(move || password::verify_password(&phc, &password))
+                .await
+                .unwrap_or(false);
+        if verified {
+            self.password_cache.insert(key);
+        }
+        verified
     }
 
     async fn decide(&self, request: &ConnectRequest<'_>) -> AuthDecision {
@@ -172,31 +186,31 @@ impl NodeAuth {
             addr: request.peer.ip(),
         }) {
             tracing::info!(client_id = request.client_id, peer = %request.peer, kind, "banned client refused");
-            return refuse("anonymous", ReasonCode::Banned, "banned");
+            return refuse(AuthMethod::Anonymous, ReasonCode::Banned, "banned");
         }
         if let Some(method) = request.method {
             if method == scram::METHOD && config.scram {
                 return self.start_scram(seed, request.data, request.username);
             }
+            // SCRAM while it is disabled still counts as SCRAM; any other method as such.
+            let label = if method == scram::METHOD {
+                AuthMethod::Scram
+            } else {
+                AuthMethod::Enhanced
+            };
             return refuse(
-                "scram",
+                label,
                 ReasonCode::BadAuthenticationMethod,
                 "authentication method not supported",
             );
         }
-        let common_name = request.certificate.and_then(|c| c.common_name.as_deref());
-        if let (true, Some(common_name)) = (config.certificate_as_username, common_name) {
-            if request.username.is_some_and(|user| user != common_name) {
-                return refuse(
-                    "certificate",
-                    ReasonCode::BadUserNameOrPassword,
-                    "user name differs from the certificate",
-                );
-            }
+        // The listener's `cert_identity` ("username" or "both") made the verified certificate's
+        // identity the user name: the TLS handshake authenticated it.
+        if let (true, Some(username)) = (request.username_from_certificate, request.username) {
             return self.principal(
                 &seed,
-                Some(common_name.to_string()),
-                "certificate",
+                Some(username.to_string()),
+                AuthMethod::Certificate,
                 None,
                 None,
             );
@@ -215,13 +229,17 @@ impl NodeAuth {
                     Ok(token) => self.principal(
                         &seed,
                         token.username,
-                        "jwt",
+                        AuthMethod::Jwt,
                         Some(token.expires_at),
                         Some((token.publish, token.subscribe)),
                     ),
                     Err(error) => {
                         tracing::info!(client_id = request.client_id, %error, "token refused");
-                        refuse("jwt", ReasonCode::BadUserNameOrPassword, "invalid token")
+                        refuse(
+                            AuthMethod::Jwt,
+                            ReasonCode::BadUserNameOrPassword,
+                            "invalid token",
+                        )
                     }
                 };
             }
@@ -234,17 +252,17 @@ impl NodeAuth {
                 .and_then(|e| e.argon2.clone());
             if let Some(phc) = entry {
                 let password = request.password.unwrap_or_default().to_vec();
-                if self.check_password(phc, password).await {
+                if self.check_password(username, phc, password).await {
                     return self.principal(
                         &seed,
                         Some(username.to_string()),
-                        "password",
+                        AuthMethod::Password,
                         None,
                         None,
                     );
                 }
                 return refuse(
-                    "password",
+                    AuthMethod::Password,
                     ReasonCode::BadUserNameOrPassword,
                     "bad user name or password",
                 );
@@ -260,7 +278,7 @@ impl NodeAuth {
                         self.principal(
                             &seed,
                             request.username.map(str::to_string),
-                            "http",
+                            AuthMethod::Http,
                             None,
                             grants,
                         )
@@ -268,7 +286,7 @@ impl NodeAuth {
                     Ok((HookDecision::Deny, cached)) => {
                         counter!("starling_auth_hook_requests_total", "result" => "deny", "cached" => if cached { "true" } else { "false" }).increment(1);
                         refuse(
-                            "http",
+                            AuthMethod::Http,
                             ReasonCode::BadUserNameOrPassword,
                             "bad user name or password",
                         )
@@ -277,7 +295,7 @@ impl NodeAuth {
                         counter!("starling_auth_hook_requests_total", "result" => "error", "cached" => "false").increment(1);
                         tracing::warn!(client_id = request.client_id, %error, "authentication hook failed");
                         refuse(
-                            "http",
+                            AuthMethod::Http,
                             ReasonCode::ServerUnavailable,
                             "authentication service unavailable",
                         )
@@ -286,20 +304,20 @@ impl NodeAuth {
             }
             if config.verifies_users() {
                 return refuse(
-                    "password",
+                    AuthMethod::Password,
                     ReasonCode::BadUserNameOrPassword,
                     "bad user name or password",
                 );
             }
         }
         if request.certificate.is_some() {
-            return self.principal(&seed, None, "certificate", None, None);
+            return self.principal(&seed, None, AuthMethod::Certificate, None, None);
         }
         if config.allow_anonymous {
-            return self.principal(&seed, None, "anonymous", None, None);
+            return self.principal(&seed, None, AuthMethod::Anonymous, None, None);
         }
         refuse(
-            "anonymous",
+            AuthMethod::Anonymous,
             ReasonCode::NotAuthorized,
             "anonymous access is disabled",
         )
@@ -352,7 +370,7 @@ impl AuthProvider for NodeAuth {
     ) -> AuthDecision {
         if method != scram::METHOD || !self.config.scram {
             return refuse(
-                "scram",
+                principal.method,
                 ReasonCode::BadAuthenticationMethod,
                 "method not supported",
             );

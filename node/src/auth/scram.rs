@@ -9,7 +9,7 @@ use base64::{engine::general_purpose::STANDARD, Engine};
 use bytes::Bytes;
 use ring::{digest, hmac, pbkdf2};
 use starling_core::{
-    auth::{AuthDecision, AuthExchange},
+    auth::{AuthDecision, AuthExchange, AuthMethod},
     codec::ReasonCode,
 };
 
@@ -133,8 +133,19 @@ struct ScramServer {
     on_success: OnSuccess,
 }
 
+/// Prepares a SCRAM user name or password with SASLprep (RFC 4013, as RFC 5802 requires):
+/// non-ASCII spaces become spaces, compatibility characters their NFKC form (U+2168 `Ⅸ` is
+/// `IX`), soft hyphens and the like vanish.
+///
+/// # Errors
+/// Refuses a string with a character SASLprep prohibits (controls, private use, unassigned
+/// code points, bad bidirectional text).
+pub(crate) fn saslprep(text: &str) -> Result<String, stringprep::Error> {
+    stringprep::saslprep(text).map(|prepared| prepared.into_owned())
+}
+
 fn refuse(reason: &'static str) -> AuthDecision {
-    AuthDecision::Refuse(ReasonCode::BadUserNameOrPassword, reason)
+    AuthDecision::Refuse(AuthMethod::Scram, ReasonCode::BadUserNameOrPassword, reason)
 }
 
 /// Decodes a SCRAM `saslname` (`=2C` is ',', `=3D` is '=').
@@ -189,8 +200,14 @@ pub(crate) fn start(
     let (Some(username), Some(client_nonce)) = (username, client_nonce) else {
         return refuse("malformed SCRAM client-first message");
     };
-    if expected_user.is_some_and(|expected| expected != username) {
+    // Users are stored prepared (`starling passwd` refuses others), so look up the prepared name.
+    let Ok(username) = saslprep(&username) else {
+        return refuse("SCRAM user name holds a character SASLprep prohibits");
+    };
+    if expected_user.is_some_and(|expected| saslprep(expected).ok().as_deref() != Some(&*username))
+    {
         return AuthDecision::Refuse(
+            AuthMethod::Scram,
             ReasonCode::NotAuthorized,
             "SCRAM user differs from the user name",
         );
@@ -216,6 +233,7 @@ pub(crate) fn start(
         credential.iterations
     );
     AuthDecision::Continue {
+        method: AuthMethod::Scram,
         data: Bytes::from(server_first.clone()),
         exchange: Box::new(ScramServer {
             gs2_header: gs2_header.to_string(),
@@ -384,6 +402,7 @@ mod tests {
 
     fn accept(user: &str) -> AuthDecision {
         AuthDecision::Refuse(
+            AuthMethod::Scram,
             ReasonCode::Success,
             if user == "alice" { "ok" } else { "?" },
         )
@@ -395,7 +414,7 @@ mod tests {
         for (password, expect_ok) in [(&b"s3cret"[..], true), (&b"nope"[..], false)] {
             let (client, first) = ScramClient::new("alice", password);
             let lookup = |user: &str| (user == "alice").then(|| stored.clone());
-            let AuthDecision::Continue { data, exchange } = start(
+            let AuthDecision::Continue { data, exchange, .. } = start(
                 Some(first.as_bytes()),
                 lookup,
                 &[7; 32],
@@ -407,8 +426,10 @@ mod tests {
             let (client_final, _expected) =
                 client.finish(std::str::from_utf8(&data).unwrap()).unwrap();
             match exchange.step(Some(client_final.as_bytes())) {
-                AuthDecision::Refuse(ReasonCode::Success, "ok") => assert!(expect_ok),
-                AuthDecision::Refuse(ReasonCode::BadUserNameOrPassword, _) => assert!(!expect_ok),
+                AuthDecision::Refuse(_, ReasonCode::Success, "ok") => assert!(expect_ok),
+                AuthDecision::Refuse(_, ReasonCode::BadUserNameOrPassword, _) => {
+                    assert!(!expect_ok)
+                }
                 other => panic!("unexpected {other:?}"),
             }
         }

@@ -14,7 +14,9 @@ pub(crate) struct AuthV1 {
     password_file: Option<PathBuf>,
     ban_file: Option<PathBuf>,
     reload_interval_ms: Option<u64>,
-    certificate_as_username: Option<bool>,
+    password_cache_max_entries: Option<usize>,
+    /// Removed: the listener's `cert_identity` decides. Kept only to name it in the error.
+    certificate_as_username: Option<toml::Value>,
     #[serde(default)]
     jwt: JwtV1,
     #[serde(default)]
@@ -45,6 +47,7 @@ struct HttpV1 {
     cache_ttl_secs: Option<u64>,
     cache_max_entries: Option<usize>,
     max_concurrent_requests: Option<usize>,
+    ca_file: Option<PathBuf>,
 }
 
 #[derive(Deserialize, Default)]
@@ -114,6 +117,9 @@ pub struct HttpHookConfig {
     pub cache_max_entries: usize,
     /// Requests in flight at most.
     pub max_concurrent_requests: usize,
+    /// PEM bundle of the CAs an `https://` hook's certificate must chain to, instead of the
+    /// built-in public roots (for a hook with a private CA).
+    pub ca_file: Option<PathBuf>,
 }
 
 /// Authentication, authorization and per-client limits of the node.
@@ -125,8 +131,8 @@ pub struct AuthConfig {
     pub ban_file: Option<PathBuf>,
     /// How often watched files are checked for changes.
     pub reload_interval: Duration,
-    /// A verified client certificate's common name becomes the user name.
-    pub certificate_as_username: bool,
+    /// Successful argon2 verifications remembered at most (0: none).
+    pub password_cache_max_entries: usize,
     /// JWT in the password field.
     pub jwt: Option<JwtConfig>,
     /// HTTP authentication/authorization hook.
@@ -156,7 +162,6 @@ impl AuthConfig {
             || !self.acl_rules.is_empty()
             || self.acl_file.is_some()
             || self.rate_limits.is_some()
-            || self.certificate_as_username
             || !self.allow_anonymous
     }
 }
@@ -178,6 +183,13 @@ pub(crate) fn build_auth_config(
     max_topic_levels: usize,
     invalid: &dyn Fn(&str, &str) -> anyhow::Error,
 ) -> anyhow::Result<AuthConfig> {
+    if auth.certificate_as_username.is_some() {
+        return Err(invalid(
+            "auth.certificate_as_username",
+            "was removed: the listener decides how a client certificate names the client; \
+             use `[listeners.<name>] cert_identity = \"username\"` on the TLS listener instead",
+        ));
+    }
     let jwt = JwtConfig {
         hs256_secret_file: non_empty_path(auth.jwt.hs256_secret_file),
         jwks_file: non_empty_path(auth.jwt.jwks_file),
@@ -208,8 +220,16 @@ pub(crate) fn build_auth_config(
             if timeout_ms == 0 {
                 return Err(invalid("auth.http.timeout_ms", "must be at least 1"));
             }
+            let ca_file = non_empty_path(auth.http.ca_file);
+            if ca_file.is_some() && !url.starts_with("https://") {
+                return Err(invalid(
+                    "auth.http.ca_file",
+                    "applies to an https:// url only",
+                ));
+            }
             Some(HttpHookConfig {
                 url,
+                ca_file,
                 timeout: Duration::from_millis(timeout_ms),
                 cache_ttl: Duration::from_secs(auth.http.cache_ttl_secs.unwrap_or(60)),
                 cache_max_entries: auth.http.cache_max_entries.unwrap_or(10_000),
@@ -261,7 +281,7 @@ pub(crate) fn build_auth_config(
         password_file,
         ban_file: non_empty_path(auth.ban_file),
         reload_interval: Duration::from_millis(reload_interval_ms),
-        certificate_as_username: auth.certificate_as_username.unwrap_or(false),
+        password_cache_max_entries: auth.password_cache_max_entries.unwrap_or(10_000),
         jwt,
         http,
         scram,
@@ -270,4 +290,34 @@ pub(crate) fn build_auth_config(
         rate_limits,
         allow_anonymous,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use crate::config::load_node_config;
+
+    #[test]
+    fn removed_certificate_as_username_points_to_the_listener() {
+        let toml =
+            "version = \"1\"\n\n[auth]\nreload_interval_ms = 500\ncertificate_as_username = true\n";
+        let Err(error) = load_node_config(toml, "starling.toml", &HashMap::new()) else {
+            panic!("the removed key is refused");
+        };
+        let error = error.to_string();
+        assert!(error.contains("line 5"), "{error}");
+        assert!(error.contains("auth.certificate_as_username"), "{error}");
+        assert!(
+            error.contains("[listeners.<name>] cert_identity = \"username\""),
+            "{error}"
+        );
+        // Also when it says false: the key is gone, not merely defaulted.
+        let toml = "version = \"1\"\n[auth]\ncertificate_as_username = false\n";
+        let Err(error) = load_node_config(toml, "starling.toml", &HashMap::new()) else {
+            panic!("the removed key is refused");
+        };
+        let error = error.to_string();
+        assert!(error.contains("line 3"), "{error}");
+    }
 }

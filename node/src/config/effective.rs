@@ -89,7 +89,7 @@ fn auth_json(auth: &crate::config::AuthConfig) -> Value {
         "password_file": path_text(auth.password_file.as_ref()),
         "ban_file": path_text(auth.ban_file.as_ref()),
         "reload_interval_ms": auth.reload_interval.as_millis() as u64,
-        "certificate_as_username": auth.certificate_as_username,
+        "password_cache_max_entries": auth.password_cache_max_entries,
         "jwt": {
             "hs256_secret_file": path_text(jwt.and_then(|jwt| jwt.hs256_secret_file.as_ref())),
             "jwks_file": path_text(jwt.and_then(|jwt| jwt.jwks_file.as_ref())),
@@ -103,6 +103,7 @@ fn auth_json(auth: &crate::config::AuthConfig) -> Value {
             "cache_ttl_secs": http.map_or(60, |http| http.cache_ttl.as_secs()),
             "cache_max_entries": http.map_or(10_000, |http| http.cache_max_entries),
             "max_concurrent_requests": http.map_or(32, |http| http.max_concurrent_requests),
+            "ca_file": path_text(http.and_then(|http| http.ca_file.as_ref())),
         },
         "scram": { "enabled": auth.scram },
     })

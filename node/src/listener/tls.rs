@@ -12,7 +12,6 @@ mod files;
 mod handshake;
 
 use std::{
-    future::Future,
     io,
     task::{ready, Context, Poll},
 };
@@ -394,14 +393,6 @@ impl Transport for TlsTransport {
 
     fn poll_write_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         self.state.lock().poll_flush(&self.tcp, cx)
-    }
-
-    fn readable(&self) -> impl Future<Output = io::Result<()>> + Send {
-        std::future::poll_fn(move |cx| self.poll_read_ready(cx))
-    }
-
-    fn writable(&self) -> impl Future<Output = io::Result<()>> + Send {
-        std::future::poll_fn(move |cx| self.poll_write_ready(cx))
     }
 
     fn try_read_buf(&self, buf: &mut BytesMut) -> io::Result<usize> {

@@ -11,7 +11,6 @@ mod frame;
 mod upgrade;
 
 use std::{
-    future::Future,
     io,
     task::{ready, Context, Poll},
 };
@@ -167,14 +166,6 @@ impl<T: Transport> Transport for WsTransport<T> {
             return self.inner.poll_write_ready(cx);
         }
         Poll::Ready(Ok(()))
-    }
-
-    fn readable(&self) -> impl Future<Output = io::Result<()>> + Send {
-        std::future::poll_fn(move |cx| self.poll_read_ready(cx))
-    }
-
-    fn writable(&self) -> impl Future<Output = io::Result<()>> + Send {
-        std::future::poll_fn(move |cx| self.poll_write_ready(cx))
     }
 
     fn try_read_buf(&self, buf: &mut BytesMut) -> io::Result<usize> {

@@ -4,11 +4,13 @@
 //! Every test crate includes this module and uses a part of it.
 #![allow(dead_code, unused_imports, unreachable_pub)]
 
+pub mod auth;
 pub mod external;
 pub mod pki;
 pub mod poll;
 pub mod process;
 pub mod raw;
+pub mod scram;
 pub mod stream;
 pub mod tls;
 pub mod wire;

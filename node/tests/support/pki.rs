@@ -52,6 +52,8 @@ pub struct TestPki {
     next_serial: u64,
     /// DER of the server certificate last written.
     pub server_der: CertificateDer<'static>,
+    /// PKCS#8 DER of its key.
+    server_key_der: Vec<u8>,
 }
 
 fn new_ca(name: &str) -> CertifiedIssuer<'static, KeyPair> {
@@ -79,6 +81,7 @@ impl TestPki {
             other_ca,
             next_serial: 1000,
             server_der: CertificateDer::from(Vec::new()),
+            server_key_der: Vec::new(),
         };
         pki.write_server_certificate("starling-test-server");
         pki
@@ -110,8 +113,26 @@ impl TestPki {
             .signed_by(&key, &self.ca)
             .expect("server certificate");
         self.server_der = certificate.der().clone();
+        self.server_key_der = key.serialize_der();
         self.replace_file("server.key", &key.serialize_pem());
         self.replace_file("server.pem", &certificate.pem());
+    }
+
+    /// Returns a rustls server configuration (ring) serving the current server certificate,
+    /// for test servers other than the broker (an HTTPS auth hook, say).
+    pub fn server_config(&self) -> Arc<rustls::ServerConfig> {
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("protocol versions")
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![self.server_der.clone()],
+            PrivateKeyDer::Pkcs8(self.server_key_der.clone().into()),
+        )
+        .expect("server certificate and key");
+        Arc::new(config)
     }
 
     /// Replaces a file of the PKI directory atomically (write, then rename).
