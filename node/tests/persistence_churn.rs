@@ -189,7 +189,15 @@ async fn churn(engine: StorageEngine) {
     let quarter = NUM_WAVES / 4;
     let second_quarter_max = sizes[quarter..2 * quarter].iter().max().copied().unwrap();
     let last_quarter_max = sizes[3 * quarter..].iter().max().copied().unwrap();
-    let bound = second_quarter_max + second_quarter_max / 4 + GROWTH_SLACK_BYTES;
+    // sled grows its file in whole segments and cleans a segment only once less than 40 % of
+    // it is live, lazily, so its size swings more between waves than redb's: half the base
+    // size as room instead of a quarter. A store that kept expired sessions would still
+    // outgrow either bound (each wave adds about 400 KiB of messages).
+    let room = match engine {
+        StorageEngine::Sled => second_quarter_max / 2,
+        _ => second_quarter_max / 4,
+    };
+    let bound = second_quarter_max + room + GROWTH_SLACK_BYTES;
     let run = format!(
         "{} engine: {NUM_WAVES} waves of {SESSIONS_PER_WAVE} sessions x {MESSAGES_PER_SESSION} \
          messages of {PAYLOAD_BYTES} bytes in {churn_time:?}; store {} in the second quarter, \
