@@ -43,20 +43,30 @@ enum ConnectOutcome {
     Aborted(AuthMethod),
 }
 
+/// A CONNECT being authenticated, with where it came from.
+pub(super) struct ConnectAttempt<'a, T> {
+    pub(super) broker: &'a Broker,
+    pub(super) transport: &'a T,
+    pub(super) peer: std::net::SocketAddr,
+    pub(super) listener: ListenerId,
+    pub(super) connect: &'a Connect,
+    pub(super) client_id: &'a str,
+}
+
 /// Authenticates a CONNECT; on refusal the CONNACK is sent, the socket closed and `None`
 /// returned. This is the one place a CONNECT's attempt is counted in
 /// `starling_auth_attempts_total`, with a provider or without.
-#[allow(clippy::too_many_arguments)]
 pub(super) async fn authenticate_connect<T: Transport>(
-    broker: &Broker,
-    transport: &T,
-    peer: std::net::SocketAddr,
-    listener: ListenerId,
-    connect: &Connect,
-    client_id: &str,
+    attempt: &ConnectAttempt<'_, T>,
     rbuf: &mut BytesMut,
 ) -> Option<Authenticated> {
-    let outcome = decide_connect(broker, transport, peer, listener, connect, client_id, rbuf).await;
+    let &ConnectAttempt {
+        broker,
+        transport,
+        connect,
+        ..
+    } = attempt;
+    let outcome = decide_connect(attempt, rbuf).await;
     let attempts = &broker.inner.metrics.auth;
     match outcome {
         ConnectOutcome::Accepted(method, authenticated) => {
@@ -75,16 +85,18 @@ pub(super) async fn authenticate_connect<T: Transport>(
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn decide_connect<T: Transport>(
-    broker: &Broker,
-    transport: &T,
-    peer: std::net::SocketAddr,
-    listener: ListenerId,
-    connect: &Connect,
-    client_id: &str,
+    attempt: &ConnectAttempt<'_, T>,
     rbuf: &mut BytesMut,
 ) -> ConnectOutcome {
+    let &ConnectAttempt {
+        broker,
+        transport,
+        peer,
+        listener,
+        connect,
+        client_id,
+    } = attempt;
     let version = connect.protocol;
     let limits = &broker.inner.limits;
     let Some(provider) = broker.inner.auth.clone() else {

@@ -359,10 +359,15 @@ async fn attach<T: Transport>(
             return None;
         }
     };
-    let authenticated = super::auth_flow::authenticate_connect(
-        &broker, &transport, peer, listener, &connect, &client_id, &mut rbuf,
-    )
-    .await?;
+    let attempt = super::auth_flow::ConnectAttempt {
+        broker: &broker,
+        transport: &transport,
+        peer,
+        listener,
+        connect: &connect,
+        client_id: &client_id,
+    };
+    let authenticated = super::auth_flow::authenticate_connect(&attempt, &mut rbuf).await?;
     if let Some(will) = &connect.last_will {
         if topic::validate_topic_name(&will.topic, limits.max_topic_levels).is_err() {
             refuse(
