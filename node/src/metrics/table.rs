@@ -61,13 +61,7 @@ const fn doc(
     labels: &'static [&'static str],
     help: &'static str,
 ) -> MetricDoc {
-    MetricDoc {
-        name,
-        kind,
-        labels,
-        presence: Always,
-        help,
-    }
+    doc_when(Always, name, kind, labels, help)
 }
 
 const fn doc_when(
