@@ -325,7 +325,9 @@ impl Broker {
     }
 }
 
-async fn accept_with_backoff(listener: &TcpListener) -> (TcpStream, SocketAddr) {
+/// Accepts the next connection; on an accept error (EMFILE and friends) waits with a growing
+/// backoff (5 ms up to 1 s) instead of spinning. Shared by the node's listeners.
+pub async fn accept_with_backoff(listener: &TcpListener) -> (TcpStream, SocketAddr) {
     let mut backoff = Duration::from_millis(5);
     loop {
         match listener.accept().await {

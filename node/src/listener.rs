@@ -127,7 +127,7 @@ pub(crate) async fn serve(broker: Broker, listener: BoundListener, shutdown: Can
         };
         let (stream, peer) = tokio::select! {
             _ = shutdown.cancelled() => break,
-            accepted = accept_with_backoff(&tcp) => accepted,
+            accepted = starling_core::broker::accept_with_backoff(&tcp) => accepted,
         };
         let Some(listener_slot) = admission.admit() else {
             tracing::debug!(listener = %config.name, %peer, "connection refused by the listener's limits");
@@ -149,21 +149,6 @@ pub(crate) async fn serve(broker: Broker, listener: BoundListener, shutdown: Can
                 listener_slot,
             );
             broker.spawn_connection_task(task);
-        }
-    }
-}
-
-async fn accept_with_backoff(listener: &TcpListener) -> (TcpStream, SocketAddr) {
-    let mut backoff = Duration::from_millis(5);
-    loop {
-        match listener.accept().await {
-            Ok(accepted) => return accepted,
-            Err(error) => {
-                // EMFILE and friends: wait for connections to close instead of spinning.
-                tracing::warn!(%error, "accept failed");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(1));
-            }
         }
     }
 }
