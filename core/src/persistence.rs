@@ -40,8 +40,8 @@ use crate::{
     message::{Message, SessionId},
     session::SessionHandle,
     storage::{
-        plan_expiry_sweep, records::MessageRecord, records::SessionRecord, recover, CommitTicket,
-        RecoveredState, StorageError, StorageWriter, Store, WriteBatch,
+        plan_expiry_sweep, records::MessageFields, records::MessageRecord, records::SessionRecord,
+        recover, CommitTicket, RecoveredState, StorageError, StorageWriter, Store, WriteBatch,
     },
 };
 
@@ -192,6 +192,19 @@ impl Persistence {
             qos: message.qos,
             retain: message.retain,
             properties,
+            expiry_unix_ms: message.expires_at.map(|at| self.unix_ms(at)),
+        }
+    }
+
+    /// Borrows the stored fields of a message (what [`Persistence::message_record`] would
+    /// build, without the copies).
+    pub(crate) fn message_fields<'a>(&self, message: &'a Message) -> MessageFields<'a> {
+        MessageFields {
+            topic: &message.topic,
+            payload: &message.payload,
+            qos: message.qos,
+            retain: message.retain,
+            properties: &message.properties,
             expiry_unix_ms: message.expires_at.map(|at| self.unix_ms(at)),
         }
     }

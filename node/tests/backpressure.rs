@@ -32,10 +32,11 @@ async fn qos1_flood_is_slowed_not_dropped_when_the_subscriber_queue_is_full() {
     }
     // The subscriber has not read anything yet: the publisher must not have all its PUBACKs.
     let mut num_acks = 0;
-    while let support::raw::Event::Packet(Packet::PubAck(_)) =
+    while let support::raw::Event::Packet(Packet::PubAck(puback)) =
         publisher.next_event(Duration::from_millis(300)).await
     {
         num_acks += 1;
+        assert_eq!(puback.packet_id.get(), num_acks, "PUBACK out of order");
     }
     assert!(
         num_acks < NUM_MESSAGES,
@@ -48,10 +49,13 @@ async fn qos1_flood_is_slowed_not_dropped_when_the_subscriber_queue_is_full() {
         let received = u16::from_be_bytes([publish.payload[0], publish.payload[1]]);
         assert_eq!(received, expected, "messages out of order or lost");
     }
-    // And the publisher eventually gets every acknowledgement.
+    // And the publisher eventually gets every acknowledgement, in order [MQTT-4.6.0-2].
     while num_acks < NUM_MESSAGES {
         match publisher.recv().await {
-            Packet::PubAck(_) => num_acks += 1,
+            Packet::PubAck(puback) => {
+                num_acks += 1;
+                assert_eq!(puback.packet_id.get(), num_acks, "PUBACK out of order");
+            }
             other => panic!("unexpected {other:?}"),
         }
     }

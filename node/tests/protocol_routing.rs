@@ -1,14 +1,19 @@
 //! Routing over raw MQTT 5.0: subscription identifiers, no local, shared subscriptions,
-//! overlapping subscriptions, `$` topics, QoS downgrade, unsubscribe and resubscribe.
+//! overlapping subscriptions, `$` topics, QoS downgrade, unsubscribe and resubscribe, and
+//! QoS 1 publishes pipelined in one read (acknowledged and delivered in order, delivered even
+//! when the connection ends on a later packet of the same read).
 #![allow(clippy::unwrap_used)]
 
 mod support;
 
 use std::{collections::BTreeSet, sync::Arc, time::Duration};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use starling_core::{
-    codec::{ByteString, Packet, PublishProperties, QoS, ReasonCode, SubscriptionOptions},
+    codec::{
+        ByteString, Packet, ProtocolVersion, PublishProperties, QoS, ReasonCode,
+        SubscriptionOptions,
+    },
     message::{Message, SessionId},
 };
 use support::{
@@ -347,4 +352,99 @@ async fn subscribing_again_replaces_the_subscription() {
     );
     assert_eq!(subscriber.recv_publish().await.payload, &b"marker"[..]);
     assert_eq!(broker.broker().router().counts().1, 1);
+}
+
+/// Encodes packets back to back, as one write: the broker reads them in one buffer, which is
+/// where it batches the storage of QoS 1 publishes.
+fn one_write(packets: Vec<Packet>) -> BytesMut {
+    let mut buf = BytesMut::new();
+    for packet in packets {
+        packet.encode(ProtocolVersion::V5, &mut buf);
+    }
+    buf
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_publishes_are_acknowledged_in_order_around_a_refusal() {
+    let broker = TestBroker::start().await;
+    let mut subscriber = RawClient::connect_v5(broker.addr, "order-subscriber").await;
+    subscriber.subscribe("order/#", QoS::AtLeastOnce).await;
+    let mut publisher = RawClient::connect_v5(broker.addr, "order-publisher").await;
+    // The second PUBLISH claims a UTF-8 payload that is not: refused with 0x99 without being
+    // routed, between QoS 1 publishes that are routed, and a QoS 0 one.
+    let mut refused = publish_packet("order/a", QoS::AtLeastOnce, 2, &[0xFF, 0xFE]);
+    refused.properties.payload_format_indicator = Some(1);
+    publisher
+        .send_raw(&one_write(vec![
+            Packet::Publish(publish_packet("order/a", QoS::AtLeastOnce, 1, b"first")),
+            Packet::Publish(refused),
+            Packet::Publish(publish_packet("order/a", QoS::AtLeastOnce, 3, b"third")),
+            Packet::Publish(publish_packet("order/a", QoS::AtMostOnce, 0, b"qos0")),
+            Packet::Publish(publish_packet("order/b", QoS::AtLeastOnce, 4, b"fourth")),
+        ]))
+        .await;
+
+    // [MQTT-4.6.0-2] PUBACKs in the order of the PUBLISH packets, each with its own verdict.
+    let mut acks = Vec::new();
+    for _ in 0..4 {
+        match publisher.recv().await {
+            Packet::PubAck(puback) => acks.push((puback.packet_id.get(), puback.reason_code)),
+            other => panic!("expected PUBACK, got {other:?}"),
+        }
+    }
+    assert_eq!(
+        acks,
+        vec![
+            (1, ReasonCode::Success),
+            (2, ReasonCode::PayloadFormatInvalid),
+            (3, ReasonCode::Success),
+            (4, ReasonCode::Success),
+        ]
+    );
+    // [MQTT-4.6.0-6] the subscriber sees the routed messages in the order they were published.
+    let mut payloads = Vec::new();
+    for _ in 0..4 {
+        let publish = subscriber.recv_publish_and_ack().await;
+        payloads.push(String::from_utf8_lossy(&publish.payload).into_owned());
+    }
+    assert_eq!(payloads, ["first", "third", "qos0", "fourth"]);
+    broker.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishes_read_before_a_protocol_error_are_still_delivered() {
+    let broker = TestBroker::start().await;
+    let mut subscriber = RawClient::connect_v5(broker.addr, "cut-subscriber").await;
+    subscriber.subscribe("cut/#", QoS::AtLeastOnce).await;
+    let mut publisher = RawClient::connect_v5(broker.addr, "cut-publisher").await;
+    // Three good QoS 1 publishes and, in the same read, one whose topic name has a wildcard:
+    // the broker closes the connection on the last one.
+    let mut packets: Vec<Packet> = (1..=3u16)
+        .map(|packet_id| {
+            let payload = format!("m{packet_id}");
+            Packet::Publish(publish_packet(
+                "cut/a",
+                QoS::AtLeastOnce,
+                packet_id,
+                payload.as_bytes(),
+            ))
+        })
+        .collect();
+    packets.push(Packet::Publish(publish_packet(
+        "cut/+",
+        QoS::AtLeastOnce,
+        4,
+        b"bad",
+    )));
+    publisher.send_raw(&one_write(packets)).await;
+    publisher.read_until_closed().await;
+
+    // The three messages were stored and routed before the connection closed.
+    let mut payloads = Vec::new();
+    for _ in 0..3 {
+        let publish = subscriber.recv_publish_and_ack().await;
+        payloads.push(String::from_utf8_lossy(&publish.payload).into_owned());
+    }
+    assert_eq!(payloads, ["m1", "m2", "m3"]);
+    broker.shutdown().await;
 }

@@ -576,6 +576,14 @@ async fn attach<T: Transport>(
     Some(Box::new(connection))
 }
 
+/// True when the next packet in `rbuf` is a QoS 1 PUBLISH without RETAIN (or not there yet):
+/// one that [`Connection::route_durably`] defers behind the pending batch, so the deferred
+/// publishes before it need not be released first.
+fn defers_behind_batch(rbuf: &[u8]) -> bool {
+    rbuf.first()
+        .is_none_or(|&first_byte| first_byte & 0xF7 == 0x32)
+}
+
 impl<T: Transport> Connection<T> {
     /// Runs the session loop, then settles the session; returns why the connection closed.
     async fn run(mut self: Box<Self>) -> CloseReason {
@@ -683,6 +691,11 @@ impl<T: Transport> Connection<T> {
                 // A held publish must be settled before the next packet is handled.
                 break;
             }
+            if self.has_deferred() && !defers_behind_batch(&self.rbuf) {
+                // Any other packet is handled only after the deferred publishes are out.
+                self.release_deferred()?;
+                continue;
+            }
             match decode_packet(&mut self.rbuf, max_packet_size, Some(self.version)) {
                 Ok(Some(packet)) => self.handle_packet(packet)?,
                 Ok(None) => break,
@@ -708,7 +721,7 @@ impl<T: Transport> Connection<T> {
             // Release the buffer so an idle connection holds no read memory.
             self.rbuf = BytesMut::new();
         }
-        Ok(())
+        self.release_deferred()
     }
 
     pub(super) fn touch_keep_alive(&self) {

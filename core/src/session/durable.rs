@@ -18,14 +18,14 @@ use std::{
 };
 
 use crate::{
-    codec::{Publish, QoS, ReasonCode},
+    codec::{Ack, AckProperties, Packet, PacketId, Publish, QoS, ReasonCode},
     message::{Delivery, Message, StoredRef},
     session::{
         connection::{Blocked, Close, Connection},
         Outbound, OutboundState, PushOutcome, SessionHandle,
     },
     storage::{
-        records::{InflightRecord, InflightState, QueueRecord},
+        records::{InflightRecord, InflightState},
         CommitTicket, StorageError, WriteBatch,
     },
     transport::Transport,
@@ -51,6 +51,23 @@ pub(super) struct DurableGate {
     /// Operations no output waits for (removals after PUBACK/PUBCOMP, dropped deliveries);
     /// submitted before `pending`, so their order with this connection's writes holds.
     detached: WriteBatch,
+    /// Publishes whose writes are in `pending` and whose deliveries and acknowledgements wait
+    /// for it to be submitted (see [`Connection::route_durably`]).
+    deferred: VecDeque<Deferred>,
+}
+
+/// At most this many publishes wait for one batch.
+const MAX_DEFERRED: usize = 64;
+
+/// A publish of the current read buffer waiting for its batch to be submitted.
+enum Deferred {
+    /// A routed QoS 1 publish.
+    Routed {
+        packet_id: PacketId,
+        deliveries: Vec<(SessionHandle, Delivery)>,
+    },
+    /// An acknowledgement decided without routing, kept in order behind the routed ones.
+    Ack(Box<Packet>),
 }
 
 impl<T: Transport> Connection<T> {
@@ -88,7 +105,7 @@ impl<T: Transport> Connection<T> {
             }
         }
         if gate.pending.is_empty() {
-            if gate.submitted.is_empty() {
+            if gate.submitted.is_empty() && gate.deferred.is_empty() {
                 self.gate = None;
             }
             return Ok(());
@@ -154,7 +171,11 @@ impl<T: Transport> Connection<T> {
         if !completed {
             return Poll::Pending;
         }
-        if gate.submitted.is_empty() && gate.pending.is_empty() && gate.detached.is_empty() {
+        if gate.submitted.is_empty()
+            && gate.pending.is_empty()
+            && gate.detached.is_empty()
+            && gate.deferred.is_empty()
+        {
             self.gate = None;
         }
         Poll::Ready(Ok(()))
@@ -166,7 +187,13 @@ impl<T: Transport> Connection<T> {
         if self.gate.is_none() {
             return;
         }
-        if self.submit_pending().is_err() {
+        let mut submitted = self.submit_pending();
+        if self.has_deferred() {
+            self.abandon_deferred();
+            // Entries of dropped deliveries are unstored in the detached batch.
+            submitted = submitted.and_then(|()| self.submit_pending());
+        }
+        if submitted.is_err() {
             self.wbuf.truncate(self.releasable_len());
             return;
         }
@@ -200,6 +227,12 @@ impl<T: Transport> Connection<T> {
     /// Routes an inbound QoS 1/2 (or retained) publish with storage: stores the message once,
     /// a queue entry per stored subscriber and the retained message, submits that batch, and
     /// only then queues the deliveries; the acknowledgement is written behind the batch.
+    ///
+    /// A QoS 1 publish without RETAIN is deferred instead: its writes join the pending batch,
+    /// and its deliveries and PUBACK wait in the gate until [`Connection::release_deferred`]
+    /// submits that batch (at the end of the read buffer, before any other kind of packet, or
+    /// after [`MAX_DEFERRED`] publishes). One batch, one submission and one completion then
+    /// serve every publish of a read buffer.
     pub(super) fn route_durably(
         &mut self,
         publish: &Publish,
@@ -216,13 +249,12 @@ impl<T: Transport> Connection<T> {
         let publisher_stored = self.handle.is_persistent();
         let client_id = self.state.client_id.clone();
         let batch = self.pending_batch();
-        let mut record = None;
+        let fields = persistence.message_fields(&message);
         if message.retain {
             if message.payload.is_empty() {
                 batch.delete_retained(&message.topic);
             } else {
-                let record = record.get_or_insert_with(|| persistence.message_record(&message));
-                batch.put_retained(record);
+                batch.put_retained_fields(&fields);
             }
         }
         let stored = |(session, delivery): &(SessionHandle, Delivery)| {
@@ -237,22 +269,17 @@ impl<T: Transport> Connection<T> {
                 continue;
             }
             let (session, delivery) = entry;
-            let record = record.get_or_insert_with(|| persistence.message_record(&message));
             if message_id == 0 && !inline {
                 message_id = persistence.allocate_message_id();
-                batch.put_message(message_id, record);
+                batch.put_message_fields(message_id, &fields);
             }
             let queue_seq = persistence.allocate_queue_seq();
-            batch.push_queue(
+            batch.push_queue_entry(
                 session.client_id(),
                 queue_seq,
-                &QueueRecord {
-                    message_id,
-                    qos: delivery.qos,
-                    retain: delivery.retain,
-                    subscription_ids: delivery.subscription_ids.to_vec(),
-                    message: inline.then(|| record.clone()),
-                },
+                message_id,
+                (delivery.qos, delivery.retain, &delivery.subscription_ids),
+                inline.then_some(&fields),
             );
             delivery.stored = StoredRef {
                 queue_seq,
@@ -264,11 +291,40 @@ impl<T: Transport> Connection<T> {
                 batch.put_inbound_qos2(&client_id, packet_id.get());
             }
         }
+        if let (QoS::AtLeastOnce, false, Some(packet_id)) =
+            (publish.qos, publish.retain, publish.packet_id)
+        {
+            let gate = self.gate.get_or_insert_with(Box::default);
+            gate.deferred.push_back(Deferred::Routed {
+                packet_id,
+                deliveries,
+            });
+            if gate.deferred.len() >= MAX_DEFERRED {
+                self.release_deferred()?;
+            }
+            return Ok(());
+        }
         // Submitted before any subscriber can see a delivery: see `crate::persistence`.
         self.submit_pending()?;
+        let num_matched = deliveries.len();
+        let (refused, blocked) = self.push_deliveries(deliveries, publish.qos != QoS::AtMostOnce);
+        let reason_code = self.publish_reason_code(num_matched, refused);
+        if blocked.is_empty() {
+            return self.acknowledge_publish(publish, reason_code);
+        }
+        let ack = self.publish_ack(publish, reason_code);
+        self.blocked = Some(Box::new(Blocked::new(blocked, ack)));
+        Ok(())
+    }
 
+    /// Pushes the deliveries of one publish into the subscribers' queues; returns whether a
+    /// queue refused it and the deliveries that found a full queue (only with `backpressure`).
+    fn push_deliveries(
+        &mut self,
+        deliveries: Vec<(SessionHandle, Delivery)>,
+        backpressure: bool,
+    ) -> (bool, Vec<(SessionHandle, Delivery)>) {
         let limits = self.broker.inner.limits.clone();
-        let backpressure = publish.qos != QoS::AtMostOnce;
         let num_matched = deliveries.len();
         let mut refused = false;
         let mut blocked = Vec::new();
@@ -295,13 +351,86 @@ impl<T: Transport> Connection<T> {
                 .dropped_no_subscribers
                 .increment(1);
         }
-        let reason_code = self.publish_reason_code(num_matched, refused);
-        if blocked.is_empty() {
-            return self.acknowledge_publish(publish, reason_code);
+        (refused, blocked)
+    }
+
+    /// True while deferred publishes wait for their batch.
+    pub(super) fn has_deferred(&self) -> bool {
+        self.gate
+            .as_ref()
+            .is_some_and(|gate| !gate.deferred.is_empty())
+    }
+
+    /// Submits the pending batch and then hands out the deferred publishes in order: pushes
+    /// their deliveries and writes their acknowledgements. Stops at a publish that finds a
+    /// full subscriber queue (it becomes [`Connection::blocked`]; the rest follow once it is
+    /// settled), and does nothing while such a publish is held.
+    pub(super) fn release_deferred(&mut self) -> Result<(), Close> {
+        if !self.has_deferred()
+            || self
+                .blocked
+                .as_ref()
+                .is_some_and(|blocked| !blocked.pending.is_empty())
+        {
+            return Ok(());
         }
-        let ack = self.publish_ack(publish, reason_code);
-        self.blocked = Some(Box::new(Blocked::new(blocked, ack)));
+        // Submitted before any subscriber can see a delivery: see `crate::persistence`.
+        self.submit_pending()?;
+        while let Some(item) = self
+            .gate
+            .as_mut()
+            .and_then(|gate| gate.deferred.pop_front())
+        {
+            let (packet_id, deliveries) = match item {
+                Deferred::Ack(packet) => {
+                    self.write_packet(*packet);
+                    continue;
+                }
+                Deferred::Routed {
+                    packet_id,
+                    deliveries,
+                } => (packet_id, deliveries),
+            };
+            let num_matched = deliveries.len();
+            let (refused, blocked) = self.push_deliveries(deliveries, true);
+            let reason_code = self.publish_reason_code(num_matched, refused);
+            let ack = Packet::PubAck(Ack {
+                packet_id,
+                reason_code,
+                properties: AckProperties::default(),
+            });
+            if !blocked.is_empty() {
+                self.blocked = Some(Box::new(Blocked::new(blocked, Some(ack))));
+                return Ok(());
+            }
+            self.write_packet(ack);
+        }
         Ok(())
+    }
+
+    /// Writes an acknowledgement of an inbound publish, behind the deferred ones if any, so
+    /// acknowledgements keep the order of their publishes [MQTT-4.6.0-2].
+    pub(super) fn write_publish_ack(&mut self, ack: Packet) {
+        match self.gate.as_mut() {
+            Some(gate) if !gate.deferred.is_empty() => {
+                gate.deferred.push_back(Deferred::Ack(Box::new(ack)))
+            }
+            _ => self.write_packet(ack),
+        }
+    }
+
+    /// At close: the deferred publishes' deliveries are queued without waiting for room
+    /// (their entries are stored; a full queue drops and unstores them, as its policy says).
+    fn abandon_deferred(&mut self) {
+        let Some(gate) = self.gate.as_mut() else {
+            return;
+        };
+        let deferred = std::mem::take(&mut gate.deferred);
+        for item in deferred {
+            if let Deferred::Routed { deliveries, .. } = item {
+                self.push_deliveries(deliveries, false);
+            }
+        }
     }
 
     /// Removes the stored queue entry of a delivery that was dropped instead of queued.

@@ -278,8 +278,10 @@ impl<T: Transport> Connection<T> {
             }
         }
         if let Some(ack) = blocked.ack.take() {
+            // The first of any deferred acknowledgements: written before them.
             self.write_packet(ack);
         }
+        self.release_deferred()?;
         self.process_buffered()
     }
 
@@ -289,7 +291,7 @@ impl<T: Transport> Connection<T> {
         reason_code: ReasonCode,
     ) -> Result<(), Close> {
         if let Some(ack) = self.publish_ack(publish, reason_code) {
-            self.write_packet(ack);
+            self.write_publish_ack(ack);
         }
         Ok(())
     }

@@ -7,8 +7,10 @@ use std::{
 
 use bytes::Bytes;
 
+use crate::codec::QoS;
 use crate::storage::{
     message_key, packet_id_key, queue_key,
+    records::{encode_queue_entry, MessageFields},
     records::{InflightRecord, InflightState, MessageRecord, QueueRecord, Record, SessionRecord},
     records::{SubscriptionRecord, WillRecord},
     session_key_prefix, subscription_key, KeyValue, Keyspace, StorageError,
@@ -151,8 +153,17 @@ impl WriteBatch {
     /// Stores a shared message once. It holds no reference by itself: add the queue or in-flight
     /// entries that reference it in the same batch, or it is removed when the batch ends.
     pub fn put_message(&mut self, message_id: u64, message: &MessageRecord) -> &mut WriteBatch {
+        self.put_message_fields(message_id, &message.fields())
+    }
+
+    /// [`WriteBatch::put_message`] from borrowed fields.
+    pub fn put_message_fields(
+        &mut self,
+        message_id: u64,
+        message: &MessageFields<'_>,
+    ) -> &mut WriteBatch {
         let key = message_key(message_id).to_vec();
-        self.put(Keyspace::Messages, key, message.to_vec());
+        self.put(Keyspace::Messages, key, message.to_record_vec());
         self.message_ref(message_id, 0)
     }
 
@@ -169,6 +180,26 @@ impl WriteBatch {
             entry.to_vec(),
         );
         self.message_ref(entry.message_id, 1)
+    }
+
+    /// [`WriteBatch::push_queue`] from the entry's parts, the message borrowed when inline
+    /// (`message_id` 0).
+    pub fn push_queue_entry(
+        &mut self,
+        client_id: &str,
+        sequence: u64,
+        message_id: u64,
+        delivery: (QoS, bool, &[u32]),
+        inline: Option<&MessageFields<'_>>,
+    ) -> &mut WriteBatch {
+        let (qos, retain, subscription_ids) = delivery;
+        let value = encode_queue_entry(message_id, qos, retain, subscription_ids, inline);
+        self.put(
+            Keyspace::OfflineQueue,
+            queue_key(client_id, sequence),
+            value,
+        );
+        self.message_ref(message_id, 1)
     }
 
     /// Removes a delivery from a session's offline queue, releasing its message reference.
@@ -231,8 +262,13 @@ impl WriteBatch {
 
     /// Stores or replaces the retained message of its topic.
     pub fn put_retained(&mut self, message: &MessageRecord) -> &mut WriteBatch {
+        self.put_retained_fields(&message.fields())
+    }
+
+    /// [`WriteBatch::put_retained`] from borrowed fields.
+    pub fn put_retained_fields(&mut self, message: &MessageFields<'_>) -> &mut WriteBatch {
         let key = message.topic.as_bytes().to_vec();
-        self.put(Keyspace::Retained, key, message.to_vec())
+        self.put(Keyspace::Retained, key, message.to_record_vec())
     }
 
     /// Removes the retained message of a topic.
@@ -287,6 +323,9 @@ pub(crate) type RawOp<'batch> = (Keyspace, Cow<'batch, [u8]>, Option<Cow<'batch,
 #[derive(Debug, Default)]
 pub(crate) struct TransientEntries<'group> {
     keys: KeySet<'group>,
+    /// The group deletes a session, which reads that session's queue entries while it is
+    /// resolved.
+    reads_queue: bool,
 }
 
 /// Keys of one group; hashed with foldhash, which is several times cheaper than SipHash on
@@ -321,11 +360,25 @@ impl<'group> TransientEntries<'group> {
                 } if written.contains(key.as_slice()) => {
                     keys.insert(key);
                 }
-                BatchOp::DeleteSession { .. } => return TransientEntries::default(),
+                BatchOp::DeleteSession { .. } => {
+                    return TransientEntries {
+                        keys: KeySet::default(),
+                        reads_queue: true,
+                    }
+                }
                 _ => {}
             }
         }
-        TransientEntries { keys }
+        TransientEntries {
+            keys,
+            reads_queue: false,
+        }
+    }
+
+    /// True when no batch of the group reads the offline queue while it is resolved, so the
+    /// group's queue writes may be applied after all its other writes, in key order.
+    pub(crate) fn queue_writes_commute(&self) -> bool {
+        !self.reads_queue
     }
 
     /// How many queue entries the group skips.

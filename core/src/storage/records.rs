@@ -273,8 +273,40 @@ impl Record for InflightRecord {
 }
 
 impl MessageRecord {
+    /// Borrows the fields that are encoded.
+    pub fn fields(&self) -> MessageFields<'_> {
+        MessageFields {
+            topic: &self.topic,
+            payload: &self.payload,
+            qos: self.qos,
+            retain: self.retain,
+            properties: &self.properties,
+            expiry_unix_ms: self.expiry_unix_ms,
+        }
+    }
+}
+
+/// The stored fields of a message, borrowed: encodes a live message without building a
+/// [`MessageRecord`] first (no clone of its properties, no reference count traffic).
+#[derive(Debug, Clone, Copy)]
+pub struct MessageFields<'a> {
+    /// Topic name.
+    pub topic: &'a str,
+    /// Payload.
+    pub payload: &'a [u8],
+    /// Published QoS.
+    pub qos: QoS,
+    /// Published RETAIN flag.
+    pub retain: bool,
+    /// Properties; only the forwarded ones are encoded (see [`MessageRecord`]).
+    pub properties: &'a PublishProperties,
+    /// When the message expires, unix ms.
+    pub expiry_unix_ms: Option<u64>,
+}
+
+impl MessageFields<'_> {
     fn encoded_size_hint(&self) -> usize {
-        let properties = &self.properties;
+        let properties = self.properties;
         96 + self.topic.len()
             + self.payload.len()
             + properties
@@ -295,6 +327,50 @@ impl MessageRecord {
                 .map(|(key, value)| key.len() + value.len() + 8)
                 .sum::<usize>()
     }
+
+    /// Encodes the fields as a [`MessageRecord`] (the `Keyspace::Messages` and
+    /// `Keyspace::Retained` value).
+    pub fn to_record_vec(&self) -> Vec<u8> {
+        let mut dst = BytesMut::with_capacity(self.encoded_size_hint());
+        dst.put_u8(RECORD_VERSION);
+        put_message_body(&mut dst, self);
+        Vec::from(dst)
+    }
+}
+
+/// Encodes a [`QueueRecord`] from its parts, with the message borrowed when it is inline.
+pub fn encode_queue_entry(
+    message_id: u64,
+    qos: QoS,
+    retain: bool,
+    subscription_ids: &[u32],
+    inline: Option<&MessageFields<'_>>,
+) -> Vec<u8> {
+    let size_hint =
+        32 + 5 * subscription_ids.len() + inline.map_or(0, |message| message.encoded_size_hint());
+    let mut dst = BytesMut::with_capacity(size_hint);
+    put_queue_entry(&mut dst, message_id, qos, retain, subscription_ids, inline);
+    Vec::from(dst)
+}
+
+fn put_queue_entry(
+    dst: &mut BytesMut,
+    message_id: u64,
+    qos: QoS,
+    retain: bool,
+    subscription_ids: &[u32],
+    inline: Option<&MessageFields<'_>>,
+) {
+    dst.put_u8(RECORD_VERSION);
+    put_varint(dst, message_id);
+    put_delivery(dst, qos, retain, subscription_ids);
+    match inline {
+        None => dst.put_u8(0),
+        Some(message) => {
+            dst.put_u8(1);
+            put_message_body(dst, message);
+        }
+    }
 }
 
 impl Record for QueueRecord {
@@ -303,20 +379,19 @@ impl Record for QueueRecord {
             + self
                 .message
                 .as_ref()
-                .map_or(0, MessageRecord::encoded_size_hint)
+                .map_or(0, |message| message.fields().encoded_size_hint())
     }
 
     fn encode(&self, dst: &mut BytesMut) {
-        dst.put_u8(RECORD_VERSION);
-        put_varint(dst, self.message_id);
-        put_delivery(dst, self.qos, self.retain, &self.subscription_ids);
-        match &self.message {
-            None => dst.put_u8(0),
-            Some(message) => {
-                dst.put_u8(1);
-                put_message_body(dst, message);
-            }
-        }
+        let inline = self.message.as_ref().map(MessageRecord::fields);
+        put_queue_entry(
+            dst,
+            self.message_id,
+            self.qos,
+            self.retain,
+            &self.subscription_ids,
+            inline.as_ref(),
+        );
     }
 
     fn decode(src: Bytes) -> Result<Self, RecordError> {
@@ -344,12 +419,12 @@ impl Record for QueueRecord {
 
 impl Record for MessageRecord {
     fn size_hint(&self) -> usize {
-        self.encoded_size_hint()
+        self.fields().encoded_size_hint()
     }
 
     fn encode(&self, dst: &mut BytesMut) {
         dst.put_u8(RECORD_VERSION);
-        put_message_body(dst, self);
+        put_message_body(dst, &self.fields());
     }
 
     fn decode(src: Bytes) -> Result<Self, RecordError> {
@@ -361,12 +436,12 @@ impl Record for MessageRecord {
 
 impl Record for WillRecord {
     fn size_hint(&self) -> usize {
-        self.message.encoded_size_hint() + 16
+        self.message.fields().encoded_size_hint() + 16
     }
 
     fn encode(&self, dst: &mut BytesMut) {
         dst.put_u8(RECORD_VERSION);
-        put_message_body(dst, &self.message);
+        put_message_body(dst, &self.message.fields());
         dst.put_u32(self.delay_secs);
         put_opt_u64(dst, self.publish_deadline_unix_ms);
     }
@@ -387,12 +462,12 @@ const PROP_RESPONSE_TOPIC: u8 = 1 << 1;
 const PROP_CORRELATION_DATA: u8 = 1 << 2;
 const PROP_CONTENT_TYPE: u8 = 1 << 3;
 
-fn put_message_body(dst: &mut BytesMut, message: &MessageRecord) {
-    put_str(dst, &message.topic);
-    put_bytes(dst, &message.payload);
+fn put_message_body(dst: &mut BytesMut, message: &MessageFields<'_>) {
+    put_str(dst, message.topic);
+    put_bytes(dst, message.payload);
     dst.put_u8(message.qos.as_u8() | u8::from(message.retain) << 2);
     put_opt_u64(dst, message.expiry_unix_ms);
-    let properties = &message.properties;
+    let properties = message.properties;
     let mut present = 0u8;
     if properties.payload_format_indicator.is_some() {
         present |= PROP_PAYLOAD_FORMAT;

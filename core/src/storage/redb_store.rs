@@ -14,7 +14,7 @@ use parking_lot::Mutex;
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, Table, TableDefinition};
 
 use crate::storage::{
-    batch::{resolve, ReadView, TransientEntries},
+    batch::{resolve, RawOp, ReadView, TransientEntries},
     sled_store::check_format,
     ApplyStats, KeyValue, Keyspace, StorageError, Store, WriteBatch,
 };
@@ -198,6 +198,16 @@ impl Store for RedbStore {
     }
 }
 
+fn apply_raw_op(tables: &mut WriteTables<'_>, raw_op: RawOp<'_>) -> Result<(), StorageError> {
+    let (keyspace, key, value) = raw_op;
+    let table = &mut tables.tables[usize::from(keyspace.tag())];
+    match value {
+        Some(value) => table.insert(&*key, &*value).map(drop),
+        None => table.remove(&*key).map(drop),
+    }
+    .map_err(backend_error)
+}
+
 impl RedbStore {
     /// Applies the batches in one write transaction committed with `durability`.
     fn commit(
@@ -225,16 +235,25 @@ impl RedbStore {
             // and each batch resolves against the writes of the batches before it.
             let transient = TransientEntries::find(batches);
             stats = transient.stats();
+            // Queue entries are most of a busy group's writes, interleaved across sessions.
+            // Unless a batch reads the queue, they are applied last and in key order (one
+            // session's entries after another's), which keeps redb's B-tree walks on pages
+            // just visited. The sort is stable, so writes of one key keep their order.
+            let mut queue_ops = Vec::new();
+            let defer_queue = transient.queue_writes_commute();
             for batch in batches {
                 let raw_ops = resolve(batch, &tables, &transient)?;
-                for (keyspace, key, value) in raw_ops {
-                    let table = &mut tables.tables[usize::from(keyspace.tag())];
-                    match value {
-                        Some(value) => table.insert(&*key, &*value).map(drop),
-                        None => table.remove(&*key).map(drop),
+                for raw_op in raw_ops {
+                    if defer_queue && raw_op.0 == Keyspace::OfflineQueue {
+                        queue_ops.push(raw_op);
+                    } else {
+                        apply_raw_op(&mut tables, raw_op)?;
                     }
-                    .map_err(backend_error)?;
                 }
+            }
+            queue_ops.sort_by(|left, right| left.1.cmp(&right.1));
+            for raw_op in queue_ops {
+                apply_raw_op(&mut tables, raw_op)?;
             }
         }
         txn.commit().map_err(backend_error)?;
