@@ -7,7 +7,6 @@
 //! an entry here and their parked state, no task.
 
 use std::{
-    collections::HashMap,
     sync::{
         atomic::{AtomicU64, Ordering},
         Arc,
@@ -20,6 +19,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::time::Instant;
 
 mod inspect;
+mod sessions;
 mod shard_ref;
 
 pub use inspect::{
@@ -107,11 +107,13 @@ pub(crate) struct RestoredSession {
 }
 
 struct Entry {
+    /// Also the entry's key: its client id (see `sessions`).
     handle: SessionHandle,
     epoch: u64,
     online: bool,
     expires_at: Option<Instant>,
-    will: Option<PendingWill>,
+    /// Boxed: rare, and the entry is part of every connection's memory.
+    will: Option<Box<PendingWill>>,
     /// The latest connection's details, for operators; boxed to keep idle entries small.
     connection: Option<Box<ConnectionInfo>>,
 }
@@ -133,7 +135,7 @@ pub(crate) struct RegistryShard {
 }
 
 pub(crate) struct RegistryShardState {
-    sessions: HashMap<ByteString, Entry>,
+    sessions: sessions::Sessions,
     next_epoch: u64,
 }
 
@@ -176,7 +178,7 @@ impl Actor for RegistryShard {
             RegistryMessage::Tick(Instant::now())
         });
         Ok(RegistryShardState {
-            sessions: HashMap::new(),
+            sessions: sessions::Sessions::default(),
             next_epoch: 1,
         })
     }
@@ -211,8 +213,7 @@ impl Actor for RegistryShard {
                     existing => {
                         let session_id =
                             SessionId(context.next_session_id.fetch_add(1, Ordering::Relaxed));
-                        let session_state =
-                            Box::new(SessionState::new(session_id, client_id.clone(), protocol));
+                        let session_state = Box::new(SessionState::new(session_id, protocol));
                         let handle =
                             SessionHandle::new(session_id, client_id.clone(), session_state);
                         let entry = Entry {
@@ -224,16 +225,15 @@ impl Actor for RegistryShard {
                             connection: None,
                         };
                         let discarded = match existing {
-                            Some(old) => {
-                                let old = std::mem::replace(old, entry);
+                            Some(_) => state.sessions.insert(entry).map(|old| {
                                 // The old session ends now, so its pending will is due now.
                                 if let Some(will) = old.will {
                                     publish_will(&context.router, &context.metrics, will.message);
                                 }
-                                Some(old.handle)
-                            }
+                                old.handle
+                            }),
                             None => {
-                                state.sessions.insert(client_id, entry);
+                                state.sessions.insert(entry);
                                 None
                             }
                         };
@@ -256,7 +256,7 @@ impl Actor for RegistryShard {
                 }
                 entry.online = false;
                 entry.expires_at = notice.expires_at;
-                entry.will = notice.will;
+                entry.will = notice.will.map(Box::new);
             }
             RegistryMessage::SessionEnded { client_id, epoch } => {
                 if state
@@ -274,7 +274,7 @@ impl Actor for RegistryShard {
                 let now = Instant::now();
                 let now_ms = now.duration_since(context.epoch).as_millis() as u64;
                 let mut expired = Vec::new();
-                for (client_id, entry) in state.sessions.iter_mut() {
+                for entry in state.sessions.values_mut() {
                     if entry.online {
                         let deadline_ms = entry.handle.keep_alive_deadline_ms();
                         if deadline_ms != 0 && deadline_ms < now_ms {
@@ -294,7 +294,7 @@ impl Actor for RegistryShard {
                         }
                     }
                     if entry.expires_at.is_some_and(|at| at <= now) {
-                        expired.push(client_id.clone());
+                        expired.push(entry.handle.client_id().clone());
                     }
                 }
                 for client_id in expired {
@@ -332,17 +332,15 @@ impl Actor for RegistryShard {
                 } = *restored;
                 let epoch = state.next_epoch;
                 state.next_epoch += 1;
-                state.sessions.insert(
-                    client_id,
-                    Entry {
-                        handle,
-                        epoch,
-                        online: false,
-                        expires_at,
-                        will,
-                        connection: None,
-                    },
-                );
+                debug_assert_eq!(client_id, *handle.client_id());
+                state.sessions.insert(Entry {
+                    handle,
+                    epoch,
+                    online: false,
+                    expires_at,
+                    will: will.map(Box::new),
+                    connection: None,
+                });
             }
         }
         Ok(())

@@ -101,7 +101,8 @@ struct Mailbox {
     /// Waker of the connection task, stored by [`SessionHandle::poll_notified`]. A waker in the
     /// mailbox, rather than a `Notify` and its future in the task, keeps idle sessions small.
     waker: Option<Waker>,
-    control: Option<Control>,
+    /// Boxed: rare, and the mailbox is part of every session's memory.
+    control: Option<Box<Control>>,
     /// The session state while no connection task runs the session.
     parked: Option<Box<SessionState>>,
 }
@@ -292,7 +293,7 @@ impl SessionHandle {
 
     /// Takes the pending control request, if any.
     pub(crate) fn take_control(&self) -> Option<Control> {
-        self.0.mailbox.lock().control.take()
+        self.0.mailbox.lock().control.take().map(|control| *control)
     }
 
     /// Returns `Ready` once after each wake-up (queued messages or a control request), else
@@ -316,7 +317,7 @@ impl SessionHandle {
         if !mailbox.online || mailbox.control.is_some() {
             return;
         }
-        mailbox.control = Some(Control::Kick(reason_code));
+        mailbox.control = Some(Box::new(Control::Kick(reason_code)));
         let waker = mailbox.wake_up();
         drop(mailbox);
         if let Some(waker) = waker {
@@ -339,7 +340,7 @@ impl SessionHandle {
             }
             let (reply, receiver) = oneshot::channel();
             // A pending kick is superseded: the old connection closes either way.
-            mailbox.control = Some(Control::Takeover { clean_start, reply });
+            mailbox.control = Some(Box::new(Control::Takeover { clean_start, reply }));
             let waker = mailbox.wake_up();
             (receiver, waker)
         };
@@ -362,7 +363,9 @@ impl SessionHandle {
     pub(crate) fn park(&self, state: Box<SessionState>) -> bool {
         self.report_inflight(state.outbound.len());
         let mut mailbox = self.0.mailbox.lock();
-        if let Some(Control::Takeover { reply, .. }) = mailbox.control.take() {
+        if let Some(Control::Takeover { reply, .. }) =
+            mailbox.control.take().map(|control| *control)
+        {
             match reply.send(state) {
                 Ok(()) => return true,
                 Err(state) => mailbox.parked = Some(state),
@@ -406,4 +409,22 @@ impl SessionHandle {
 /// An in-flight count as the handle stores it (at most 65,535 packet identifiers exist).
 fn inflight_figure(num_inflight: usize) -> u32 {
     u32::try_from(num_inflight).unwrap_or(u32::MAX)
+}
+
+#[cfg(test)]
+mod size_tests {
+    /// The handle's allocation (with the `Arc` counts) fits the 160-byte size class.
+    #[test]
+    fn session_shared_fits_its_size_class() {
+        let size = std::mem::size_of::<super::SessionShared>();
+        assert!(size + 16 <= 160, "SessionShared is {size} bytes");
+    }
+
+    /// The state, boxed in every session, fits the 80-byte size class (the client id lives in
+    /// the handle only; inbound QoS 2 ids allocate only while there are any).
+    #[test]
+    fn session_state_fits_its_size_class() {
+        let size = std::mem::size_of::<super::SessionState>();
+        assert!(size <= 80, "SessionState is {size} bytes");
+    }
 }

@@ -95,7 +95,7 @@ fn restore_session(
     let record = session.session;
     let session_id = SessionId(record.session_id);
     let client_id = record.client_id.clone();
-    let mut state = SessionState::new(session_id, client_id.clone(), ProtocolVersion::V5);
+    let mut state = SessionState::new(session_id, ProtocolVersion::V5);
     state.session_expiry_secs = record.session_expiry_interval_secs;
     state.subscriptions = session
         .subscriptions

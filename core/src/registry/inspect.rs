@@ -20,16 +20,24 @@ use crate::{
 };
 
 /// What the registry remembers of a session's latest connection.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ConnectionInfo {
     /// Remote address of the client.
-    pub peer: SocketAddr,
+    pub peer: crate::transport::PeerAddr,
     /// Protocol version it connected with.
     pub protocol: ProtocolVersion,
     /// Keep alive in force (after Server Keep Alive), seconds; 0 disables it.
     pub keep_alive_secs: u16,
+    /// When CONNECT was accepted, milliseconds since the unix epoch (see
+    /// [`ConnectionInfo::connected_at`]); kept small, as every connection has one.
+    pub connected_at_unix_ms: u64,
+}
+
+impl ConnectionInfo {
     /// When CONNECT was accepted.
-    pub connected_at: SystemTime,
+    pub fn connected_at(&self) -> SystemTime {
+        SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(self.connected_at_unix_ms)
+    }
 }
 
 /// A snapshot of one session as the registry sees it.
@@ -172,7 +180,7 @@ fn session_info(client_id: &ByteString, entry: &Entry, now: Instant) -> SessionI
         client_id: client_id.clone(),
         handle: entry.handle.clone(),
         online: entry.online,
-        connection: entry.connection.as_deref().copied(),
+        connection: entry.connection.as_deref().cloned(),
         expires_in: if entry.online {
             None
         } else {
@@ -228,7 +236,10 @@ pub(super) fn handle(
             client_ids.sort_unstable();
             let sessions = client_ids
                 .into_iter()
-                .map(|client_id| session_info(client_id, &state.sessions[client_id], now))
+                .filter_map(|client_id| {
+                    let entry = state.sessions.get(client_id)?;
+                    Some(session_info(client_id, entry, now))
+                })
                 .collect();
             let _ = reply.send(sessions);
         }
@@ -287,10 +298,12 @@ impl SessionRegistry {
         keep_alive_secs: u16,
     ) {
         let info = Box::new(ConnectionInfo {
-            peer,
+            peer: peer.into(),
             protocol,
             keep_alive_secs,
-            connected_at: SystemTime::now(),
+            connected_at_unix_ms: SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |since| since.as_millis() as u64),
         });
         let _ = self
             .shard(&client_id)

@@ -132,7 +132,7 @@ mod tests {
 
     fn session_for_test(id: u64) -> SessionHandle {
         let client_id = ByteString::from(format!("client-{id}"));
-        let state = SessionState::new(SessionId(id), client_id.clone(), ProtocolVersion::V5);
+        let state = SessionState::new(SessionId(id), ProtocolVersion::V5);
         SessionHandle::new(SessionId(id), client_id, Box::new(state))
     }
 

@@ -356,11 +356,7 @@ mod tests {
 
     fn handle(id: u64) -> SessionHandle {
         let client_id = ByteString::from(format!("c{id}"));
-        let state = Box::new(SessionState::new(
-            SessionId(id),
-            client_id.clone(),
-            ProtocolVersion::V5,
-        ));
+        let state = Box::new(SessionState::new(SessionId(id), ProtocolVersion::V5));
         SessionHandle::new(SessionId(id), client_id, state)
     }
 

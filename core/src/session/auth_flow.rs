@@ -295,7 +295,7 @@ impl<T: Transport> Connection<T> {
             }
         });
         for filter in removed {
-            tracing::info!(client_id = %self.state.client_id, filter = %filter.filter, "resumed subscription not authorized; removed");
+            tracing::info!(client_id = %self.handle.client_id(), filter = %filter.filter, "resumed subscription not authorized; removed");
             self.broker
                 .inner
                 .metrics
@@ -339,7 +339,7 @@ impl<T: Transport> Connection<T> {
         {
             metrics.security.acl_denied(AclAction::Publish);
             metrics.dropped_not_authorized.increment(1);
-            tracing::debug!(client_id = %self.state.client_id, topic = %publish.topic, "publish not authorized");
+            tracing::debug!(client_id = %self.handle.client_id(), topic = %publish.topic, "publish not authorized");
             // MQTT 3.1.1 has no negative acknowledgement [MQTT-3.3.5-2]: acknowledge and drop.
             let reason_code = if self.version.is_v5() {
                 ReasonCode::NotAuthorized
@@ -397,7 +397,7 @@ impl<T: Transport> Connection<T> {
                     .metrics
                     .security
                     .acl_denied(AclAction::Subscribe);
-                tracing::debug!(client_id = %self.state.client_id, filter = %filter.filter, "subscription not authorized");
+                tracing::debug!(client_id = %self.handle.client_id(), filter = %filter.filter, "subscription not authorized");
             }
             SubscribeDecision::Allow { partial, .. } => auth.read_check |= partial,
         }
@@ -479,12 +479,12 @@ impl<T: Transport> Connection<T> {
                 auth.read_check |= auth.principal.restricted || principal.restricted;
                 auth.principal = principal;
                 provider.connected(&auth.principal, &self.handle);
-                tracing::info!(client_id = %self.state.client_id, "client re-authenticated");
+                tracing::info!(client_id = %self.handle.client_id(), "client re-authenticated");
                 self.write_auth(ReasonCode::Success, method, data);
                 Ok(())
             }
             AuthDecision::Refuse(auth_method, reason_code, reason) => {
-                tracing::info!(client_id = %self.state.client_id, reason, "re-authentication failed");
+                tracing::info!(client_id = %self.handle.client_id(), reason, "re-authentication failed");
                 attempts.count(auth_method, AuthResult::of_refusal(reason_code));
                 // [MQTT-4.12.1-2] a failed re-authentication ends with DISCONNECT.
                 let reason_code = match reason_code {

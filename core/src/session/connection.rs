@@ -48,7 +48,7 @@ pub(super) enum Close {
 pub(super) struct Connection<T> {
     pub(super) broker: Broker,
     pub(super) transport: T,
-    pub(super) peer: SocketAddr,
+    pub(super) peer: crate::transport::PeerAddr,
     /// The listener the connection arrived on.
     pub(super) listener: ListenerId,
     pub(super) handle: SessionHandle,
@@ -56,13 +56,14 @@ pub(super) struct Connection<T> {
     pub(super) epoch: u64,
     pub(super) version: ProtocolVersion,
     /// 1.5 x keep alive in milliseconds; 0 disables the check.
-    pub(super) keep_alive_grace_ms: u64,
+    pub(super) keep_alive_grace_ms: u32,
     /// Read buffer: empty and unallocated while the connection is idle.
     pub(super) rbuf: BytesMut,
     /// Write buffer: empty and unallocated while nothing is pending.
     pub(super) wbuf: BytesMut,
     pub(super) client_receive_maximum: u16,
-    pub(super) client_max_packet_size: usize,
+    /// The client's Maximum Packet Size (a four-byte integer in CONNECT).
+    pub(super) client_max_packet_size: u32,
     pub(super) client_topic_alias_maximum: u16,
     pub(super) request_problem_information: bool,
     /// Topic aliases of this connection, allocated on first use.
@@ -74,6 +75,30 @@ pub(super) struct Connection<T> {
     pub(super) gate: Option<Box<DurableGate>>,
     /// Authentication state; `None` (no allocation) when the broker has no auth provider.
     pub(super) auth: Option<Box<crate::auth::ConnectionAuth>>,
+    /// The connection-limit slot, released when the connection ends.
+    pub(super) permit: Option<ConnectionSlot>,
+}
+
+/// A connection-limit permit in 8 bytes instead of `OwnedSemaphorePermit`'s 16: holds one
+/// permit of the semaphore and gives it back when dropped.
+pub(super) struct ConnectionSlot(Arc<tokio::sync::Semaphore>);
+
+impl ConnectionSlot {
+    /// Takes over one permit (a connection holds one slot; any others are released now).
+    fn from_permit(mut permit: tokio::sync::OwnedSemaphorePermit) -> ConnectionSlot {
+        if permit.num_permits() > 1 {
+            drop(permit.split(permit.num_permits() - 1));
+        }
+        let semaphore = permit.semaphore().clone();
+        permit.forget();
+        ConnectionSlot(semaphore)
+    }
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.0.add_permits(1);
+    }
 }
 
 /// How long a publisher waits for room in a full subscriber queue before the delivery is
@@ -141,10 +166,11 @@ pub(super) struct TopicAliases {
 /// Runs one client connection from accept to close; `permit` (the connection-limit slot) is
 /// released when it ends.
 ///
-/// Written as a plain function returning an `async move` block, not an `async fn`: an
-/// `async fn` keeps a second copy of its arguments in its state, and this state is the memory
-/// of every idle connection.
-#[allow(clippy::manual_async_fn)]
+/// This future is what every idle connection's task holds, so it holds almost nothing: the
+/// connect phase owns the arguments and is boxed (an async block keeps room for every value it
+/// captures for its whole life), and the attached connection is one `Box<Connection>`. Tokio
+/// aligns task cells to 128 bytes, so each 128 bytes saved here is 128 bytes per connection
+/// (`tests::connection_future_fits_the_idle_budget`).
 pub fn run_connection<T: Transport>(
     broker: Broker,
     transport: T,
@@ -152,62 +178,93 @@ pub fn run_connection<T: Transport>(
     listener: ListenerId,
     permit: Option<tokio::sync::OwnedSemaphorePermit>,
 ) -> impl std::future::Future<Output = ()> + Send {
+    let opening = Box::pin(open_connection(broker, transport, peer, listener, permit));
     async move {
-        // Only an `Arc` is kept across the awaits: a clone of the metrics handles would cost every
-        // idle connection their size.
-        let inner = broker.inner.clone();
-        inner.metrics.connections_opened.increment(1);
-        inner.metrics.connections_current.increment(1.0);
-        inner.metrics.listener_connection_opened(listener);
-        let connect_timeout = broker.inner.limits.connect_timeout;
-        let max_packet_size = broker.inner.limits.max_packet_size as usize;
-        // The connect phase and the close are boxed: their futures are large and short-lived, and
-        // inlined they would size the task of every idle connection.
-        let close_reason = match Box::pin(tokio::time::timeout(
-            connect_timeout,
-            read_connect(&transport, max_packet_size),
-        ))
-        .await
-        {
-            Err(_elapsed) => {
-                tracing::debug!(%peer, "no CONNECT within the connect timeout");
-                CloseReason::ConnectTimeout
-            }
-            Ok(Err(ConnectReadError::Io(error))) => {
-                tracing::debug!(%peer, %error, "connection closed before CONNECT");
-                CloseReason::ConnectionLost
-            }
-            Ok(Err(ConnectReadError::Decode(error))) => {
-                inner.metrics.protocol_errors.increment(1);
-                tracing::debug!(%peer, %error, "invalid CONNECT");
-                if let DecodeError::UnsupportedProtocolVersion(_)
-                | DecodeError::InvalidProtocolName = error
-                {
-                    // [MQTT-3.1.2-2] CONNACK 0x01 (unacceptable protocol version), then close.
-                    let out = encode_packet(
-                        &Packet::ConnAck(ConnAck {
-                            session_present: false,
-                            reason_code: ReasonCode::UnsupportedProtocolVersion,
-                            properties: ConnAckProperties::default(),
-                        }),
-                        ProtocolVersion::V3_1_1,
-                    );
-                    Box::pin(linger_close(&transport, &out)).await;
-                }
-                CloseReason::ConnectInvalid
-            }
-            Ok(Ok((connect, rbuf))) => {
-                match Box::pin(attach(broker, transport, peer, listener, connect, rbuf)).await {
-                    Some(connection) => connection.run().await,
-                    None => CloseReason::ConnectRefused,
-                }
-            }
-        };
-        inner.metrics.connections_closed.increment(close_reason);
-        inner.metrics.connections_current.decrement(1.0);
-        inner.metrics.listener_connection_closed(listener);
-        drop(permit);
+        if let Some(connection) = opening.await {
+            connection.run().await;
+        }
     }
+}
+
+/// Counts a connection that ended (opened ones are counted in `open_connection`).
+fn count_closed(broker: &Broker, listener: ListenerId, close_reason: CloseReason) {
+    let metrics = &broker.inner.metrics;
+    metrics.connections_closed.increment(close_reason);
+    metrics.connections_current.decrement(1.0);
+    metrics.listener_connection_closed(listener);
+}
+
+/// The connect phase: reads CONNECT and attaches the session; `None` when the connection
+/// ended before that (counted, and its permit released).
+async fn open_connection<T: Transport>(
+    broker: Broker,
+    transport: T,
+    peer: SocketAddr,
+    listener: ListenerId,
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
+) -> Option<Box<Connection<T>>> {
+    let metrics = &broker.inner.metrics;
+    metrics.connections_opened.increment(1);
+    metrics.connections_current.increment(1.0);
+    metrics.listener_connection_opened(listener);
+    let connect_timeout = broker.inner.limits.connect_timeout;
+    let max_packet_size = broker.inner.limits.max_packet_size as usize;
+    // Boxed: the connect read and the linger are large futures, needed only on their path.
+    let close_reason = match Box::pin(tokio::time::timeout(
+        connect_timeout,
+        read_connect(&transport, max_packet_size),
+    ))
+    .await
+    {
+        Err(_elapsed) => {
+            tracing::debug!(%peer, "no CONNECT within the connect timeout");
+            CloseReason::ConnectTimeout
+        }
+        Ok(Err(ConnectReadError::Io(error))) => {
+            tracing::debug!(%peer, %error, "connection closed before CONNECT");
+            CloseReason::ConnectionLost
+        }
+        Ok(Err(ConnectReadError::Decode(error))) => {
+            broker.inner.metrics.protocol_errors.increment(1);
+            tracing::debug!(%peer, %error, "invalid CONNECT");
+            if let DecodeError::UnsupportedProtocolVersion(_) | DecodeError::InvalidProtocolName =
+                error
+            {
+                // [MQTT-3.1.2-2] CONNACK 0x01 (unacceptable protocol version), then close.
+                let out = encode_packet(
+                    &Packet::ConnAck(ConnAck {
+                        session_present: false,
+                        reason_code: ReasonCode::UnsupportedProtocolVersion,
+                        properties: ConnAckProperties::default(),
+                    }),
+                    ProtocolVersion::V3_1_1,
+                );
+                Box::pin(linger_close(&transport, &out)).await;
+            }
+            CloseReason::ConnectInvalid
+        }
+        Ok(Ok((connect, rbuf))) => {
+            let attached = Box::pin(attach(
+                broker.clone(),
+                transport,
+                peer,
+                listener,
+                connect,
+                rbuf,
+            ))
+            .await;
+            match attached {
+                Some(mut connection) => {
+                    connection.permit = permit.map(ConnectionSlot::from_permit);
+                    return Some(connection);
+                }
+                None => CloseReason::ConnectRefused,
+            }
+        }
+    };
+    count_closed(&broker, listener, close_reason);
+    drop(permit);
+    None
 }
 
 /// Encodes one packet into a fresh buffer (keeps the packet out of the caller's async state).
@@ -545,20 +602,17 @@ async fn attach<T: Transport>(
     let mut connection = Connection {
         broker,
         transport,
-        peer,
+        peer: crate::transport::PeerAddr::from(peer),
         listener,
         handle: outcome.session,
         state,
         epoch: outcome.epoch,
         version,
-        keep_alive_grace_ms: u64::from(keep_alive) * 1500,
+        keep_alive_grace_ms: u32::from(keep_alive) * 1500,
         rbuf,
         wbuf,
         client_receive_maximum: connect.properties.receive_maximum.unwrap_or(u16::MAX),
-        client_max_packet_size: connect
-            .properties
-            .maximum_packet_size
-            .map_or(usize::MAX, |size| size as usize),
+        client_max_packet_size: connect.properties.maximum_packet_size.unwrap_or(u32::MAX),
         client_topic_alias_maximum: connect.properties.topic_alias_maximum.unwrap_or(0),
         request_problem_information: connect
             .properties
@@ -569,6 +623,7 @@ async fn attach<T: Transport>(
         will: last_will,
         gate: None,
         auth: authenticated.auth,
+        permit: None,
     };
     connection.auth_attached();
     connection.touch_keep_alive();
@@ -585,8 +640,8 @@ fn defers_behind_batch(rbuf: &[u8]) -> bool {
 }
 
 impl<T: Transport> Connection<T> {
-    /// Runs the session loop, then settles the session; returns why the connection closed.
-    async fn run(mut self: Box<Self>) -> CloseReason {
+    /// Runs the session loop, then settles the session and counts the close.
+    async fn run(mut self: Box<Self>) {
         let close = match self.process_buffered() {
             Ok(()) => self.event_loop().await,
             Err(close) => close,
@@ -705,7 +760,7 @@ impl<T: Transport> Connection<T> {
                         let security = &self.broker.inner.metrics.security;
                         security.limit_exceeded(crate::auth::LimitKind::PacketSize);
                     }
-                    tracing::debug!(client_id = %self.state.client_id, %error, "malformed packet");
+                    tracing::debug!(client_id = %self.handle.client_id(), %error, "malformed packet");
                     return Err(Close::Protocol(
                         error.reason_code(),
                         "malformed or invalid packet",
@@ -732,7 +787,7 @@ impl<T: Transport> Connection<T> {
             .duration_since(self.broker.inner.registry.epoch())
             .as_millis() as u64;
         self.handle
-            .set_keep_alive_deadline_ms(now_ms + self.keep_alive_grace_ms);
+            .set_keep_alive_deadline_ms(now_ms + u64::from(self.keep_alive_grace_ms));
     }
 
     /// Writes what the socket takes now (up to output still waiting for a durable write);
@@ -777,9 +832,11 @@ impl<T: Transport> Connection<T> {
         {
             strip_optional_properties(&mut packet);
         }
-        if self.version.is_v5() && packet.encoded_len(self.version) > self.client_max_packet_size {
+        if self.version.is_v5()
+            && packet.encoded_len(self.version) > self.client_max_packet_size as usize
+        {
             strip_optional_properties(&mut packet);
-            if packet.encoded_len(self.version) > self.client_max_packet_size {
+            if packet.encoded_len(self.version) > self.client_max_packet_size as usize {
                 return;
             }
         }
@@ -801,10 +858,10 @@ impl<T: Transport> Connection<T> {
     }
 
     /// Settles the session after the connection loop ended (hand over, park or end it, and
-    /// publish or schedule the will), then closes the socket.
-    async fn finish(mut self, close: Close) -> CloseReason {
+    /// publish or schedule the will), then closes the socket and counts the close.
+    async fn finish(mut self, close: Close) {
         self.auth_detached();
-        let client_id = self.state.client_id.clone();
+        let client_id = self.handle.client_id().clone();
         let mut publish_will_now = true;
         let mut takeover = None;
         let mut linger = true;
@@ -880,6 +937,8 @@ impl<T: Transport> Connection<T> {
             broker,
             transport,
             wbuf,
+            listener,
+            permit,
             ..
         } = self;
         // The session is settled before the socket lingers, so a taking-over connection never
@@ -897,7 +956,8 @@ impl<T: Transport> Connection<T> {
         if linger {
             linger_close(&transport, &wbuf).await;
         }
-        close_reason
+        count_closed(&broker, listener, close_reason);
+        drop(permit);
     }
 
     /// Resends in-flight messages of a resumed session [MQTT-4.4.0-1].
@@ -1143,4 +1203,61 @@ fn settle_session(
         expires_at,
         will: pending_will,
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::BrokerConfig;
+
+    /// The task of an idle connection is tokio's task cell around this future; the cell is
+    /// aligned to 128 bytes, so every 128 bytes of future cost every connection 128 bytes.
+    #[tokio::test]
+    async fn connection_future_fits_the_idle_budget() {
+        let broker = Broker::start(BrokerConfig::for_test())
+            .await
+            .expect("broker starts");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let client = tokio::net::TcpStream::connect(listener.local_addr().expect("addr"))
+            .await
+            .expect("connect");
+        let (stream, peer) = listener.accept().await.expect("accept");
+        let future = run_connection(broker.clone(), stream, peer, ListenerId::default(), None);
+        // Tokio's task cell adds about 120 bytes around the future and rounds up to a multiple
+        // of 128: a future of at most 128 bytes keeps the cell at 256 bytes.
+        let size = std::mem::size_of_val(&future);
+        assert!(size <= 128, "run_connection's future is {size} bytes");
+        // The boxed connection state: with the node's 8-byte listener slot around the socket
+        // it fits mimalloc's 224-byte size class.
+        let connection_size = std::mem::size_of::<Connection<tokio::net::TcpStream>>();
+        assert!(
+            connection_size <= 216,
+            "Connection is {connection_size} bytes"
+        );
+        drop(client);
+    }
+
+    #[tokio::test]
+    async fn connection_slot_holds_one_permit_until_dropped() {
+        let semaphore = Arc::new(tokio::sync::Semaphore::new(3));
+        let slot = ConnectionSlot::from_permit(semaphore.clone().acquire_owned().await.unwrap());
+        assert_eq!(semaphore.available_permits(), 2);
+        // A permit of two keeps one for the connection and gives the other back.
+        let wide = semaphore.clone().acquire_many_owned(2).await.unwrap();
+        let second = ConnectionSlot::from_permit(wide);
+        assert_eq!(semaphore.available_permits(), 1);
+        drop(slot);
+        drop(second);
+        assert_eq!(semaphore.available_permits(), 3);
+    }
+
+    #[test]
+    fn peer_addresses_print_as_socket_addresses() {
+        for text in ["192.0.2.7:1883", "[2001:db8::1]:8883"] {
+            let addr: SocketAddr = text.parse().unwrap();
+            assert_eq!(crate::transport::PeerAddr::from(addr).to_string(), text);
+        }
+    }
 }

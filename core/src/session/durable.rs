@@ -247,7 +247,7 @@ impl<T: Transport> Connection<T> {
             .router
             .collect_deliveries(&message, &mut deliveries);
         let publisher_stored = self.handle.is_persistent();
-        let client_id = self.state.client_id.clone();
+        let client_id = self.handle.client_id().clone();
         let batch = self.pending_batch();
         let fields = persistence.message_fields(&message);
         if message.retain {
@@ -454,7 +454,7 @@ impl<T: Transport> Connection<T> {
         let Some(persistence) = self.broker.inner.persistence.clone() else {
             return;
         };
-        let client_id = self.state.client_id.clone();
+        let client_id = self.handle.client_id().clone();
         let batch = self.pending_batch();
         let stored = delivery.stored;
         if stored.queue_seq != 0 {
@@ -489,7 +489,7 @@ impl<T: Transport> Connection<T> {
         if !self.handle.is_persistent() {
             return;
         }
-        let client_id = self.state.client_id.clone();
+        let client_id = self.handle.client_id().clone();
         let stored = outbound.delivery.stored;
         if stored.queue_seq != 0 {
             // QoS 1 (see `store_inflight`): the queue entry is the in-flight state; nothing

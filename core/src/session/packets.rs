@@ -64,7 +64,7 @@ impl<T: Transport> Connection<T> {
             Packet::PubRel(ack) => {
                 let known = self.state.inbound_qos2.remove(&ack.packet_id.get());
                 if known {
-                    let client_id = self.state.client_id.clone();
+                    let client_id = self.handle.client_id().clone();
                     if let Some(batch) = self.stored_batch() {
                         batch.delete_inbound_qos2(&client_id, ack.packet_id.get());
                     }
@@ -416,7 +416,7 @@ impl<T: Transport> Connection<T> {
                 options: granted,
                 subscription_id,
             };
-            let client_id = self.state.client_id.clone();
+            let client_id = self.handle.client_id().clone();
             if let Some(batch) = self.stored_batch() {
                 batch.put_subscription(
                     &client_id,
@@ -490,7 +490,7 @@ impl<T: Transport> Connection<T> {
                 continue;
             };
             let existed = self.broker.inner.router.unsubscribe(self.state.id, &filter);
-            let client_id = self.state.client_id.clone();
+            let client_id = self.handle.client_id().clone();
             if let Some(batch) = self.stored_batch() {
                 batch.delete_subscription(&client_id, &raw_filter);
             }
@@ -551,7 +551,7 @@ impl<T: Transport> Connection<T> {
         };
         let mut publish = self.build_publish(&delivery, None, expiry, false);
         // [MQTT-3.1.2-25] a message larger than the client accepts is dropped as if sent.
-        if publish.encoded_len(self.version) > self.client_max_packet_size {
+        if publish.encoded_len(self.version) > self.client_max_packet_size as usize {
             metrics.dropped_too_large.increment(1);
             let handle = self.handle.clone();
             self.unstore_queued(&handle, delivery.stored);

@@ -38,7 +38,7 @@ fn client_json(info: &SessionInfo, num_subscriptions: usize) -> Value {
         "protocol_version": connection.map(|c| protocol_name(c.protocol)),
         "peer_address": connection.map(|c| c.peer.to_string()),
         "keep_alive_secs": connection.map(|c| c.keep_alive_secs),
-        "connected_at": connection.map(|c| rfc3339(c.connected_at)),
+        "connected_at": connection.map(|c| rfc3339(c.connected_at())),
         "queued_messages": info.num_queued_messages,
         "subscriptions": num_subscriptions,
     })
