@@ -402,12 +402,10 @@ async fn pipelined_publishes_are_acknowledged_in_order_around_a_refusal() {
         ]
     );
     // [MQTT-4.6.0-6] the subscriber sees the routed messages in the order they were published.
-    let mut payloads = Vec::new();
-    for _ in 0..4 {
-        let publish = subscriber.recv_publish_and_ack().await;
-        payloads.push(String::from_utf8_lossy(&publish.payload).into_owned());
-    }
-    assert_eq!(payloads, ["first", "third", "qos0", "fourth"]);
+    assert_eq!(
+        subscriber.recv_payloads(4).await,
+        ["first", "third", "qos0", "fourth"]
+    );
     broker.shutdown().await;
 }
 
@@ -440,11 +438,6 @@ async fn publishes_read_before_a_protocol_error_are_still_delivered() {
     publisher.read_until_closed().await;
 
     // The three messages were stored and routed before the connection closed.
-    let mut payloads = Vec::new();
-    for _ in 0..3 {
-        let publish = subscriber.recv_publish_and_ack().await;
-        payloads.push(String::from_utf8_lossy(&publish.payload).into_owned());
-    }
-    assert_eq!(payloads, ["m1", "m2", "m3"]);
+    assert_eq!(subscriber.recv_payloads(3).await, ["m1", "m2", "m3"]);
     broker.shutdown().await;
 }

@@ -208,6 +208,17 @@ impl RawClient {
         publish
     }
 
+    /// Receives `count` PUBLISH packets, completing each one's QoS handshake, and returns
+    /// their payloads as text, in order.
+    pub async fn recv_payloads(&mut self, count: usize) -> Vec<String> {
+        let mut payloads = Vec::with_capacity(count);
+        for _ in 0..count {
+            let publish = self.recv_publish_and_ack().await;
+            payloads.push(String::from_utf8_lossy(&publish.payload).into_owned());
+        }
+        payloads
+    }
+
     /// Sends PUBACK for `packet_id`.
     pub async fn puback(&mut self, packet_id: PacketId) {
         self.send(Packet::PubAck(ack(packet_id))).await;
