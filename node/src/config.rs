@@ -342,7 +342,7 @@ fn build_and_validate(
     let limits = SessionLimits {
         max_packet_size,
         receive_maximum: mqtt.receive_maximum.map_or(1024, NonZeroU16::get),
-        max_inflight: mqtt.max_inflight_messages.map_or(128, NonZeroU16::get),
+        max_inflight: mqtt.max_inflight_messages.map_or(1024, NonZeroU16::get),
         topic_alias_maximum: mqtt.topic_alias_maximum.unwrap_or(64),
         max_keep_alive: mqtt.max_keep_alive_secs.unwrap_or(u16::MAX),
         min_keep_alive: (min_keep_alive > 0).then_some(min_keep_alive),
