@@ -18,6 +18,7 @@ mod batch;
 mod memory;
 pub mod records;
 mod recovery;
+mod redb_queue;
 mod redb_store;
 mod sled_store;
 mod writer;
@@ -26,6 +27,8 @@ mod writer;
 mod crash_tests;
 #[cfg(test)]
 mod records_tests;
+#[cfg(test)]
+mod redb_queue_tests;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
@@ -45,7 +48,8 @@ pub use writer::{
     SubmitError,
 };
 
-/// Version of the key layout and record encoding, stored under [`Keyspace::Meta`].
+/// Version of the key layout and record encoding, stored under [`Keyspace::Meta`] (sled; redb
+/// stores `redb_store::REDB_FORMAT_VERSION`, which packs queue entries into chunks).
 pub const STORE_FORMAT_VERSION: u8 = 1;
 
 /// The meta key that holds [`STORE_FORMAT_VERSION`].

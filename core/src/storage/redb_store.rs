@@ -15,11 +15,17 @@ use redb::{Database, Durability, ReadableDatabase, ReadableTable, Table, TableDe
 
 use crate::storage::{
     batch::{resolve, RawOp, ReadView, TransientEntries},
+    redb_queue::{self, QueueWrites},
     sled_store::check_format,
     ApplyStats, KeyValue, Keyspace, StorageError, Store, WriteBatch,
 };
 
 const ENGINE: &str = "redb";
+
+/// The store format redb writes: format 1 with offline queue entries packed into chunks
+/// ([`redb_queue`]). A format 1 store is a valid format 2 store (one entry per value), so
+/// opening one raises its version; older brokers then refuse it rather than misread a chunk.
+pub(crate) const REDB_FORMAT_VERSION: u8 = 2;
 
 type RawTable = TableDefinition<'static, &'static [u8], &'static [u8]>;
 
@@ -81,13 +87,38 @@ impl RedbStore {
         store
             .create_tables()
             .map_err(|error| open_error(error.to_string()))?;
-        check_format(&store).map_err(|error| open_error(error.to_string()))?;
+        check_format(&store, REDB_FORMAT_VERSION, &[1])
+            .map_err(|error| open_error(error.to_string()))?;
         Ok(store)
     }
 
     /// Returns the file of the store.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// How many values redb holds in `keyspace` (queue chunks count once).
+    #[cfg(test)]
+    pub(crate) fn stored_values(&self, keyspace: Keyspace) -> u64 {
+        use redb::ReadableTableMetadata;
+        let txn = self.db.begin_read().expect("begins a read");
+        let table = txn
+            .open_table(table_definition(keyspace))
+            .expect("opens the table");
+        table.len().expect("counts the table")
+    }
+
+    /// Writes a value as it is, past the queue's chunking, durably.
+    #[cfg(test)]
+    pub(crate) fn put_raw(&self, keyspace: Keyspace, key: &[u8], value: &[u8]) {
+        let txn = self.db.begin_write().expect("begins a write");
+        {
+            let mut table = txn
+                .open_table(table_definition(keyspace))
+                .expect("opens the table");
+            table.insert(key, value).expect("inserts");
+        }
+        txn.commit().expect("commits");
     }
 
     fn create_tables(&self) -> Result<(), StorageError> {
@@ -130,14 +161,24 @@ struct WriteTables<'txn> {
     tables: Vec<Table<'txn, &'static [u8], &'static [u8]>>,
 }
 
-impl WriteTables<'_> {
+impl<'txn> WriteTables<'txn> {
     fn table(&self, keyspace: Keyspace) -> &Table<'_, &'static [u8], &'static [u8]> {
         &self.tables[usize::from(keyspace.tag())]
+    }
+
+    fn table_mut<'a>(
+        &'a mut self,
+        keyspace: Keyspace,
+    ) -> &'a mut Table<'txn, &'static [u8], &'static [u8]> {
+        &mut self.tables[usize::from(keyspace.tag())]
     }
 }
 
 impl ReadView for WriteTables<'_> {
     fn get_raw(&self, keyspace: Keyspace, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        if keyspace == Keyspace::OfflineQueue {
+            return redb_queue::get(self.table(keyspace), key);
+        }
         let value = self.table(keyspace).get(key).map_err(backend_error)?;
         Ok(value.map(|value| value.value().to_vec()))
     }
@@ -147,6 +188,9 @@ impl ReadView for WriteTables<'_> {
         keyspace: Keyspace,
         prefix: &[u8],
     ) -> Result<Vec<KeyValue>, StorageError> {
+        if keyspace == Keyspace::OfflineQueue {
+            return redb_queue::scan(self.table(keyspace), prefix, None, usize::MAX);
+        }
         scan_table(self.table(keyspace), prefix, None, usize::MAX)
     }
 }
@@ -161,6 +205,9 @@ impl Store for RedbStore {
         let table = txn
             .open_table(table_definition(keyspace))
             .map_err(backend_error)?;
+        if keyspace == Keyspace::OfflineQueue {
+            return redb_queue::get(&table, key);
+        }
         let value = table.get(key).map_err(backend_error)?;
         Ok(value.map(|value| value.value().to_vec()))
     }
@@ -176,6 +223,9 @@ impl Store for RedbStore {
         let table = txn
             .open_table(table_definition(keyspace))
             .map_err(backend_error)?;
+        if keyspace == Keyspace::OfflineQueue {
+            return redb_queue::scan(&table, prefix, start_after, limit);
+        }
         scan_table(&table, prefix, start_after, limit)
     }
 
@@ -235,26 +285,26 @@ impl RedbStore {
             // and each batch resolves against the writes of the batches before it.
             let transient = TransientEntries::find(batches);
             stats = transient.stats();
-            // Queue entries are most of a busy group's writes, interleaved across sessions.
-            // Unless a batch reads the queue, they are applied last and in key order (one
-            // session's entries after another's), which keeps redb's B-tree walks on pages
-            // just visited. The sort is stable, so writes of one key keep their order.
-            let mut queue_ops = Vec::new();
-            let defer_queue = transient.queue_writes_commute();
+            // Queue entries are most of a busy group's writes: they are gathered and applied
+            // as chunks (`redb_queue`) after the group's other writes. A group that deletes a
+            // session reads the queue while it resolves, so there they are applied after each
+            // batch, before the next batch reads.
+            let mut queue_writes = QueueWrites::default();
+            let per_batch = !transient.queue_writes_commute();
             for batch in batches {
                 let raw_ops = resolve(batch, &tables, &transient)?;
                 for raw_op in raw_ops {
-                    if defer_queue && raw_op.0 == Keyspace::OfflineQueue {
-                        queue_ops.push(raw_op);
+                    if raw_op.0 == Keyspace::OfflineQueue {
+                        queue_writes.push(raw_op.1, raw_op.2);
                     } else {
                         apply_raw_op(&mut tables, raw_op)?;
                     }
                 }
+                if per_batch && !queue_writes.is_empty() {
+                    queue_writes.apply(tables.table_mut(Keyspace::OfflineQueue))?;
+                }
             }
-            queue_ops.sort_by(|left, right| left.1.cmp(&right.1));
-            for raw_op in queue_ops {
-                apply_raw_op(&mut tables, raw_op)?;
-            }
+            queue_writes.apply(tables.table_mut(Keyspace::OfflineQueue))?;
         }
         txn.commit().map_err(backend_error)?;
         Ok(stats)

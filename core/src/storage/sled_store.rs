@@ -75,7 +75,8 @@ impl SledStore {
                 ),
             });
         }
-        check_format(&store).map_err(|error| open_error(error.to_string()))?;
+        check_format(&store, STORE_FORMAT_VERSION, &[])
+            .map_err(|error| open_error(error.to_string()))?;
         if !was_initialized {
             std::fs::write(&marker, [STORE_FORMAT_VERSION])
                 .map_err(|error| open_error(error.to_string()))?;
@@ -97,14 +98,29 @@ impl SledStore {
 }
 
 /// Checks the format version of a freshly opened store, writing it into an empty one.
-pub(crate) fn check_format(store: &dyn Store) -> Result<(), StorageError> {
+pub(crate) fn check_format(
+    store: &dyn Store,
+    version: u8,
+    upgrades_from: &[u8],
+) -> Result<(), StorageError> {
+    let write_version = || {
+        let mut batch = WriteBatch::new();
+        batch.push(crate::storage::BatchOp::Put {
+            keyspace: Keyspace::Meta,
+            key: FORMAT_VERSION_KEY.to_vec(),
+            value: vec![version],
+        });
+        store.apply(&[batch])?;
+        store.flush()
+    };
     match store.get(Keyspace::Meta, FORMAT_VERSION_KEY)? {
-        Some(version) if version == [STORE_FORMAT_VERSION] => Ok(()),
-        Some(version) => Err(StorageError::CorruptRecord {
+        Some(stored) if stored == [version] => Ok(()),
+        // Every store of an older format this backend reads is also a store of the current
+        // format; raising the version keeps older brokers from opening it afterwards.
+        Some(stored) if stored.len() == 1 && upgrades_from.contains(&stored[0]) => write_version(),
+        Some(stored) => Err(StorageError::CorruptRecord {
             keyspace: Keyspace::Meta.name(),
-            reason: format!(
-                "store format {version:?} is not the supported format {STORE_FORMAT_VERSION}"
-            ),
+            reason: format!("store format {stored:?} is not the supported format {version}"),
         }),
         None => {
             let is_empty = Keyspace::ALL
@@ -119,14 +135,7 @@ pub(crate) fn check_format(store: &dyn Store) -> Result<(), StorageError> {
                     reason: "store has data but no format version".to_owned(),
                 });
             }
-            let mut batch = WriteBatch::new();
-            batch.push(crate::storage::BatchOp::Put {
-                keyspace: Keyspace::Meta,
-                key: FORMAT_VERSION_KEY.to_vec(),
-                value: vec![STORE_FORMAT_VERSION],
-            });
-            store.apply(&[batch])?;
-            store.flush()
+            write_version()
         }
     }
 }
