@@ -6,6 +6,8 @@
 //!   one without expiry is;
 //! - a pending will survives: one waiting for its delay is published after the restart, one
 //!   whose session expired while the broker was down is published at start-up;
+//! - with `mqtt.queue_qos0_offline`, QoS 0 messages queued for offline sessions come back after
+//!   a `kill -9`, and once sent they are gone from the store;
 //! - a store overwritten with garbage stops the broker at start-up with a non-zero exit, a
 //!   message naming the store and what to do, and the store left byte for byte as it was.
 #![allow(clippy::unwrap_used)]
@@ -44,6 +46,16 @@ async fn redb_pending_wills_are_published_after_a_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sled_pending_wills_are_published_after_a_restart() {
     pending_wills_across_restart(StorageEngine::Sled).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redb_offline_qos0_queue_survives_a_kill_when_configured() {
+    offline_qos0_across_restart(StorageEngine::Redb).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sled_offline_qos0_queue_survives_a_kill_when_configured() {
+    offline_qos0_across_restart(StorageEngine::Sled).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -241,6 +253,71 @@ async fn expiry_across_restart(engine: StorageEngine) {
         violations.len(),
         violations.join("\n- ")
     );
+}
+
+/// With `mqtt.queue_qos0_offline`, QoS 0 messages queued for an offline persistent session
+/// are stored: they come back after a `kill -9`, in order with the QoS 1 message behind them,
+/// and once sent they are gone from the store (a second restart delivers nothing again).
+async fn offline_qos0_across_restart(engine: StorageEngine) {
+    let home = StarlingHome::new(engine, "[mqtt]\nqueue_qos0_offline = true\n");
+    let mut node = home.start().await;
+    let addr = node.mqtt_addr;
+    park_session(addr, ProtocolVersion::V5, "q0-sub", 3600, "q0/+").await;
+    park_session(addr, ProtocolVersion::V3_1_1, "q0-v311", 0, "q0/+").await;
+
+    let mut publisher = RawClient::connect_v5(addr, "q0-publisher").await;
+    for index in 1..=3 {
+        let publish = publish_packet("q0/a", QoS::AtMostOnce, 0, format!("q0-{index}").as_bytes());
+        publisher.send(Packet::Publish(publish)).await;
+    }
+    // The PUBACK follows the durable commit of this publish and of every batch the connection
+    // submitted before it, the QoS 0 entries included.
+    publish_acked(&mut publisher, "q0/a", "q1", None).await;
+    node.kill().await;
+
+    let expected = ["q0-1", "q0-2", "q0-3", "q1", "marker"];
+    let node = home.start().await;
+    let addr = node.mqtt_addr;
+    for (version, client_id, expiry) in [
+        (ProtocolVersion::V5, "q0-sub", 3600),
+        (ProtocolVersion::V3_1_1, "q0-v311", 0),
+    ] {
+        let marker_topic = format!("marker/{client_id}");
+        let (present, payloads) =
+            resume_and_drain(addr, version, client_id, expiry, &marker_topic).await;
+        assert!(
+            present,
+            "{}: {client_id} not present after kill -9",
+            engine.name()
+        );
+        assert_eq!(
+            payloads,
+            expected,
+            "{}: {client_id} after kill -9",
+            engine.name()
+        );
+    }
+    // A graceful stop commits the removals of what was sent.
+    let exited = node.terminate().await;
+    assert_eq!(exited.code, Some(0), "{exited:?}");
+
+    let mut node = home.start().await;
+    let (present, payloads) = resume_and_drain(
+        node.mqtt_addr,
+        ProtocolVersion::V5,
+        "q0-sub",
+        3600,
+        "marker/q0-sub",
+    )
+    .await;
+    assert!(present);
+    assert_eq!(
+        payloads,
+        ["marker"],
+        "{}: messages sent before the restart came back",
+        engine.name()
+    );
+    node.kill().await;
 }
 
 /// Connects a persistent MQTT 5 session with a QoS 1 will on `will/{client_id}`, then drops

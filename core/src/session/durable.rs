@@ -224,9 +224,10 @@ impl<T: Transport> Connection<T> {
         self.wbuf.truncate(self.releasable_len());
     }
 
-    /// Routes an inbound QoS 1/2 (or retained) publish with storage: stores the message once,
-    /// a queue entry per stored subscriber and the retained message, submits that batch, and
-    /// only then queues the deliveries; the acknowledgement is written behind the batch.
+    /// Routes an inbound QoS 1/2 (or retained, or QoS 0 with `queue_qos0_offline`) publish with
+    /// storage: stores the message once, a queue entry per stored subscriber and the retained
+    /// message, submits that batch, and only then queues the deliveries; the acknowledgement is
+    /// written behind the batch.
     ///
     /// A QoS 1 publish without RETAIN is deferred instead: its writes join the pending batch,
     /// and its deliveries and PUBACK wait in the gate until [`Connection::release_deferred`]
@@ -248,6 +249,7 @@ impl<T: Transport> Connection<T> {
             .collect_deliveries(&message, &mut deliveries);
         let publisher_stored = self.handle.is_persistent();
         let client_id = self.handle.client_id().clone();
+        let queue_qos0 = self.broker.inner.limits.queue_qos0_offline;
         let batch = self.pending_batch();
         let fields = persistence.message_fields(&message);
         if message.retain {
@@ -257,8 +259,12 @@ impl<T: Transport> Connection<T> {
                 batch.put_retained_fields(&fields);
             }
         }
+        // QoS 1/2 deliveries to stored sessions; QoS 0 ones too while the session is offline,
+        // when the broker queues QoS 0 for offline sessions (a session that comes online in
+        // between removes the entry once it has written the message).
         let stored = |(session, delivery): &(SessionHandle, Delivery)| {
-            delivery.qos != QoS::AtMostOnce && session.is_persistent()
+            session.is_persistent()
+                && (delivery.qos != QoS::AtMostOnce || (queue_qos0 && !session.is_online()))
         };
         // One stored subscriber: the message goes inline into its queue entry (one write);
         // several: stored once and reference-counted.

@@ -212,8 +212,11 @@ impl<T: Transport> Connection<T> {
             publisher: self.state.id,
             received_at: ReceivedAt::at(now),
         });
+        // QoS 0 goes the durable way too when it may be queued for an offline stored session.
         if self.broker.inner.persistence.is_some()
-            && (publish.qos != QoS::AtMostOnce || publish.retain)
+            && (publish.qos != QoS::AtMostOnce
+                || publish.retain
+                || self.broker.inner.limits.queue_qos0_offline)
         {
             return self.route_durably(&publish, message);
         }
@@ -571,6 +574,12 @@ impl<T: Transport> Connection<T> {
                 delivery: delivery.clone(),
                 state: OutboundState::Published,
             });
+        }
+        if delivery.qos == QoS::AtMostOnce {
+            // A QoS 0 message stored for an offline session (`queue_qos0_offline`) is done once
+            // written; nothing waits for the removal.
+            let handle = self.handle.clone();
+            self.unstore_queued(&handle, delivery.stored);
         }
         self.broker.inner.metrics.messages_sent[delivery.qos as usize].increment(1);
         self.apply_outbound_alias(&mut publish);
