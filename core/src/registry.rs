@@ -33,9 +33,11 @@ use crate::{
     metrics::BrokerMetrics,
     router::Router,
     session::{SessionHandle, SessionState},
+    storage::WriteBatch,
 };
 
-/// How often each registry shard checks keep-alive deadlines, will delays and session expiry.
+/// How often each registry shard checks keep-alive deadlines, will delays and session expiry
+/// (and every [`EXPIRED_PURGE_TICKS`] ticks, expired queued messages).
 pub const REGISTRY_TICK: Duration = Duration::from_millis(100);
 
 /// Timeout of calls into a registry shard.
@@ -137,7 +139,13 @@ pub(crate) struct RegistryShard {
 pub(crate) struct RegistryShardState {
     sessions: sessions::Sessions,
     next_epoch: u64,
+    /// Ticks handled, for the work done every [`EXPIRED_PURGE_TICKS`] ticks.
+    ticks: u64,
 }
+
+/// Every this many ticks (1 s) a shard drops the expired messages of its offline sessions'
+/// queues, in memory and in the store.
+const EXPIRED_PURGE_TICKS: u64 = 10;
 
 /// Publishes a will: retained update (if flagged) then routing.
 pub(crate) fn publish_will(router: &Router, metrics: &BrokerMetrics, message: Arc<Message>) {
@@ -180,6 +188,7 @@ impl Actor for RegistryShard {
         Ok(RegistryShardState {
             sessions: sessions::Sessions::default(),
             next_epoch: 1,
+            ticks: 0,
         })
     }
 
@@ -274,6 +283,11 @@ impl Actor for RegistryShard {
                 let now = Instant::now();
                 let now_ms = now.duration_since(context.epoch).as_millis() as u64;
                 let mut expired = Vec::new();
+                state.ticks += 1;
+                let purge = state.ticks % EXPIRED_PURGE_TICKS == 0;
+                let mut purged = Vec::new();
+                let mut num_purged = 0;
+                let mut purged_batch = WriteBatch::new();
                 for entry in state.sessions.values_mut() {
                     if entry.online {
                         let deadline_ms = entry.handle.keep_alive_deadline_ms();
@@ -295,6 +309,28 @@ impl Actor for RegistryShard {
                     }
                     if entry.expires_at.is_some_and(|at| at <= now) {
                         expired.push(entry.handle.client_id().clone());
+                        continue;
+                    }
+                    if purge {
+                        purged.clear();
+                        num_purged += entry.handle.purge_expired(now, &mut purged);
+                        for stored in purged.iter().filter(|stored| stored.queue_seq != 0) {
+                            purged_batch.remove_queue(
+                                entry.handle.client_id(),
+                                stored.queue_seq,
+                                stored.message_id,
+                            );
+                        }
+                    }
+                }
+                if num_purged > 0 {
+                    context.metrics.dropped_expired.increment(num_purged as u64);
+                    // Submitted after the batches that stored them: their publishers submitted
+                    // those before pushing the deliveries.
+                    if let (Some(persistence), false) =
+                        (&context.persistence, purged_batch.is_empty())
+                    {
+                        persistence.submit_detached(purged_batch);
                     }
                 }
                 for client_id in expired {

@@ -26,12 +26,12 @@ use std::{
 use bytestring::ByteString;
 use parking_lot::Mutex;
 use smallvec::SmallVec;
-use tokio::sync::oneshot;
+use tokio::{sync::oneshot, time::Instant};
 
 use crate::{
     codec::{QoS, ReasonCode},
     config::{QueueFullPolicy, SessionLimits},
-    message::{Delivery, SessionId},
+    message::{Delivery, SessionId, StoredRef},
     metrics::BrokerMetrics,
 };
 
@@ -98,6 +98,9 @@ struct Mailbox {
     wake_pending: bool,
     /// Set by a wake-up, cleared when the connection task observes it.
     woken: bool,
+    /// A queued message may carry a message expiry: the registry's purge looks at this queue
+    /// while the session is offline, and clears it when none is left.
+    may_expire: bool,
     /// Waker of the connection task, stored by [`SessionHandle::poll_notified`]. A waker in the
     /// mailbox, rather than a `Notify` and its future in the task, keeps idle sessions small.
     waker: Option<Waker>,
@@ -220,6 +223,7 @@ impl SessionHandle {
                 }
             }
         }
+        mailbox.may_expire |= delivery.message.expires_at.is_some();
         mailbox.queue.push_back(delivery);
         mailbox.queued_bytes += cost;
         let mut waker = None;
@@ -252,15 +256,41 @@ impl SessionHandle {
         let mut mailbox = self.0.mailbox.lock();
         for delivery in deliveries {
             mailbox.queued_bytes += delivery.message.cost_bytes();
+            mailbox.may_expire |= delivery.message.expires_at.is_some();
             mailbox.queue.push_back(delivery);
         }
+    }
+
+    /// Drops the queued messages of an offline session whose message expiry has passed, adding
+    /// where they were stored to `stored`; returns how many it dropped. While the session is
+    /// online its connection drops expired messages as it comes to them.
+    pub(crate) fn purge_expired(&self, now: Instant, stored: &mut Vec<StoredRef>) -> usize {
+        let mut mailbox = self.0.mailbox.lock();
+        if !mailbox.may_expire || mailbox.online || mailbox.ended {
+            return 0;
+        }
+        let before = mailbox.queue.len();
+        let mut freed_bytes = 0;
+        let mut may_expire = false;
+        mailbox.queue.retain(|delivery| {
+            if delivery.message.remaining_expiry(now).is_err() {
+                freed_bytes += delivery.message.cost_bytes();
+                stored.push(delivery.stored);
+                return false;
+            }
+            may_expire |= delivery.message.expires_at.is_some();
+            true
+        });
+        mailbox.queued_bytes -= freed_bytes;
+        mailbox.may_expire = may_expire;
+        before - mailbox.queue.len()
     }
 
     /// Forgets where queued deliveries are stored (the session left the store).
     pub(crate) fn forget_stored_queue(&self) {
         let mut mailbox = self.0.mailbox.lock();
         for delivery in mailbox.queue.iter_mut() {
-            delivery.stored = crate::message::StoredRef::default();
+            delivery.stored = StoredRef::default();
         }
     }
 
@@ -426,5 +456,93 @@ mod size_tests {
     fn session_state_fits_its_size_class() {
         let size = std::mem::size_of::<super::SessionState>();
         assert!(size <= 80, "SessionState is {size} bytes");
+    }
+}
+
+#[cfg(test)]
+mod expiry_tests {
+    use std::{sync::Arc, time::Duration};
+
+    use bytes::Bytes;
+    use bytestring::ByteString;
+    use tokio::time::Instant;
+
+    use super::{SessionHandle, SessionState};
+    use crate::{
+        codec::{ProtocolVersion, PublishProperties, QoS},
+        message::{Delivery, Message, ReceivedAt, SessionId, StoredRef, SubscriptionIds},
+    };
+
+    fn delivery(payload: &'static str, expires_at: Option<Instant>, queue_seq: u64) -> Delivery {
+        let message = Arc::new(Message {
+            topic: ByteString::from_static("fleet/ota"),
+            payload: Bytes::from_static(payload.as_bytes()),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            properties: PublishProperties::default(),
+            expires_at,
+            publisher: SessionId(9),
+            received_at: ReceivedAt::UNKNOWN,
+        });
+        let mut delivery =
+            Delivery::new(message, QoS::AtLeastOnce, false, SubscriptionIds::default());
+        delivery.stored = StoredRef {
+            queue_seq,
+            message_id: 0,
+        };
+        delivery
+    }
+
+    #[test]
+    fn purge_drops_only_expired_messages_of_an_offline_session() {
+        let now = Instant::now();
+        let handle = SessionHandle::new(
+            SessionId(1),
+            ByteString::from_static("car-1"),
+            Box::new(SessionState::new(SessionId(1), ProtocolVersion::V5)),
+        );
+        let later = now + Duration::from_secs(60);
+        let queue = [
+            delivery("past", Some(now), 1),
+            delivery("kept", None, 2),
+            delivery("future", Some(later), 3),
+        ];
+        let full_bytes: usize = queue.iter().map(|d| d.message.cost_bytes()).sum();
+        handle.restore_queue(queue);
+
+        let mut stored = Vec::new();
+        assert_eq!(handle.purge_expired(now, &mut stored), 1);
+        assert_eq!(stored.iter().map(|s| s.queue_seq).collect::<Vec<_>>(), [1]);
+        let mailbox = handle.0.mailbox.lock();
+        let left: Vec<&[u8]> = mailbox.queue.iter().map(|d| &*d.message.payload).collect();
+        assert_eq!(left, [b"kept".as_slice(), b"future"]);
+        assert_eq!(
+            mailbox.queued_bytes,
+            full_bytes - delivery("past", None, 0).message.cost_bytes()
+        );
+        assert!(mailbox.may_expire, "\"future\" may still expire");
+        drop(mailbox);
+
+        // Once the last expiring message is gone, the queue is no longer looked at.
+        stored.clear();
+        assert_eq!(handle.purge_expired(later, &mut stored), 1);
+        assert!(!handle.0.mailbox.lock().may_expire);
+        assert_eq!(handle.queue_len(), 1);
+    }
+
+    #[test]
+    fn purge_leaves_an_online_session_to_its_connection() {
+        let now = Instant::now();
+        let handle = SessionHandle::new(
+            SessionId(2),
+            ByteString::from_static("car-2"),
+            Box::new(SessionState::new(SessionId(2), ProtocolVersion::V5)),
+        );
+        handle.restore_queue([delivery("past", Some(now), 4)]);
+        handle.0.mailbox.lock().online = true;
+        let mut stored = Vec::new();
+        assert_eq!(handle.purge_expired(now, &mut stored), 0);
+        assert!(stored.is_empty());
+        assert_eq!(handle.queue_len(), 1);
     }
 }

@@ -8,6 +8,8 @@
 //!   whose session expired while the broker was down is published at start-up;
 //! - with `mqtt.queue_qos0_offline`, QoS 0 messages queued for offline sessions come back after
 //!   a `kill -9`, and once sent they are gone from the store;
+//! - a queued message whose expiry passes while its session is offline leaves the queue and
+//!   the store without a restart;
 //! - a store overwritten with garbage stops the broker at start-up with a non-zero exit, a
 //!   message naming the store and what to do, and the store left byte for byte as it was.
 #![allow(clippy::unwrap_used)]
@@ -16,11 +18,19 @@ mod support;
 
 use std::time::Duration;
 
-use starling_core::codec::{
-    LastWill, Packet, ProtocolVersion, QoS, ReasonCode, Subscribe, SubscribeProperties,
-    WillProperties,
+use bytes::Bytes;
+use starling_core::{
+    codec::{
+        LastWill, Packet, ProtocolVersion, QoS, ReasonCode, Subscribe, SubscribeProperties,
+        WillProperties,
+    },
+    storage::{
+        records::{QueueRecord, Record},
+        session_key_prefix, Keyspace, RedbStore, SledStore, Store,
+    },
 };
 use support::{
+    eventually,
     process::{snapshot_files, StarlingHome, StorageEngine},
     raw::{options, publish_packet},
     wire::persistent_connect,
@@ -56,6 +66,16 @@ async fn redb_offline_qos0_queue_survives_a_kill_when_configured() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sled_offline_qos0_queue_survives_a_kill_when_configured() {
     offline_qos0_across_restart(StorageEngine::Sled).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redb_expired_messages_of_offline_sessions_leave_memory_and_disk() {
+    expired_messages_are_purged(StorageEngine::Redb).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sled_expired_messages_of_offline_sessions_leave_memory_and_disk() {
+    expired_messages_are_purged(StorageEngine::Sled).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -318,6 +338,61 @@ async fn offline_qos0_across_restart(engine: StorageEngine) {
         engine.name()
     );
     node.kill().await;
+}
+
+/// A queued message whose message expiry passes while its session stays offline is dropped
+/// from the session's queue and from the store within seconds, with no client and no restart;
+/// the message without expiry stays.
+async fn expired_messages_are_purged(engine: StorageEngine) {
+    let home = StarlingHome::new(engine, "");
+    let node = home.start().await;
+    let addr = node.mqtt_addr;
+    park_session(addr, ProtocolVersion::V5, "idle", 3600, "idle/+").await;
+    let mut publisher = RawClient::connect_v5(addr, "idle-publisher").await;
+    publish_acked(
+        &mut publisher,
+        "idle/a",
+        "expiring",
+        Some(MESSAGE_EXPIRY_SECS),
+    )
+    .await;
+    publish_acked(&mut publisher, "idle/a", "kept", None).await;
+    publisher.disconnect().await;
+    assert_eq!(node.status().await["queued_messages"], 2);
+
+    eventually(
+        Duration::from_secs(MESSAGE_EXPIRY_SECS.into()) + PROMPTLY,
+        "the expired message to leave the offline queue",
+        || async { node.status().await["queued_messages"] == 1 },
+    )
+    .await;
+    // A graceful stop commits what was submitted; then read the store as the next start would.
+    let exited = node.terminate().await;
+    assert_eq!(exited.code, Some(0), "{exited:?}");
+    let path = home.store_path().expect("a stored engine");
+    let store: Box<dyn Store> = match engine {
+        StorageEngine::Redb => Box::new(RedbStore::open(&path).expect("opens the redb store")),
+        StorageEngine::Sled => Box::new(SledStore::open(&path).expect("opens the sled store")),
+        StorageEngine::Memory => unreachable!("a stored engine"),
+    };
+    let queued: Vec<String> = store
+        .scan(
+            Keyspace::OfflineQueue,
+            &session_key_prefix("idle"),
+            None,
+            usize::MAX,
+        )
+        .expect("scans the queue")
+        .into_iter()
+        .map(|(_, value)| {
+            let entry = QueueRecord::decode(Bytes::from(value)).expect("a queue entry");
+            let message = entry
+                .message
+                .expect("one subscriber: the message is inline");
+            String::from_utf8_lossy(&message.payload).into_owned()
+        })
+        .collect();
+    assert_eq!(queued, ["kept"], "{}: the store still holds", engine.name());
 }
 
 /// Connects a persistent MQTT 5 session with a QoS 1 will on `will/{client_id}`, then drops

@@ -262,7 +262,8 @@ pub struct ExpirySweep {
 /// Reads at most `max_entries` sessions and retained messages per keyspace, starting after the
 /// given cursors, and returns the cursors to continue from, so
 /// a periodic sweep does bounded work. Expired queued messages are not swept here: the engine
-/// holds its queues in memory and removes them as it drops them, and recovery drops the rest.
+/// holds its queues in memory and removes them as it drops them (the registry purges offline
+/// sessions' queues every second), and recovery drops the rest.
 ///
 /// # Errors
 /// Returns a backend or decode error.
