@@ -451,8 +451,9 @@ impl<T: Transport> Connection<T> {
 
     /// Stores a QoS 2 delivery as in flight under `packet_id` (moving it out of the stored
     /// queue), before its PUBLISH is written, so a crash never makes it resent under another
-    /// packet id. A QoS 1 delivery keeps its queue entry until PUBACK instead: resending it after
-    /// a crash, even under a new packet id, is what QoS 1 allows, and it saves a write per message.
+    /// packet id. A QoS 1 delivery keeps its queue entry until PUBACK instead, which saves a write
+    /// per message: after a crash it is sent again, but under a new packet id (a documented
+    /// deviation from [MQTT-4.4.0-1]; a QoS 1 receiver keeps no state per packet id).
     pub(super) fn store_inflight(&mut self, delivery: &mut Delivery, packet_id: u16) {
         if !self.handle.is_persistent() || delivery.qos != QoS::ExactlyOnce {
             return;
