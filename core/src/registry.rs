@@ -37,7 +37,7 @@ use crate::{
 };
 
 /// How often each registry shard checks keep-alive deadlines, will delays and session expiry
-/// (and every [`EXPIRED_PURGE_TICKS`] ticks, expired queued messages).
+/// (and once a second, expired queued messages of offline sessions).
 pub const REGISTRY_TICK: Duration = Duration::from_millis(100);
 
 /// Timeout of calls into a registry shard.
