@@ -42,8 +42,23 @@ impl SledFixture {
 }
 
 impl Fixture for SledFixture {
+    /// sled releases its file lock only when its background threads let go of the dropped
+    /// `Db`, a moment after the drop; a reopen within the same process (as these tests do, and
+    /// the broker never does) waits for that, at most 10 s, and fails on any other error.
     fn open(&self) -> Arc<dyn Store> {
-        Arc::new(SledStore::open(&self.path()).expect("opens sled store"))
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            match SledStore::open(&self.path()) {
+                Ok(store) => return Arc::new(store),
+                Err(StorageError::Open { reason, .. })
+                    if reason.contains("could not acquire lock")
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                Err(error) => panic!("opens sled store: {error:?}"),
+            }
+        }
     }
 }
 
