@@ -493,14 +493,18 @@ mod expiry_tests {
         delivery
     }
 
+    fn offline_session(id: u64) -> SessionHandle {
+        SessionHandle::new(
+            SessionId(id),
+            ByteString::from(format!("car-{id}")),
+            Box::new(SessionState::new(SessionId(id), ProtocolVersion::V5)),
+        )
+    }
+
     #[test]
     fn purge_drops_only_expired_messages_of_an_offline_session() {
         let now = Instant::now();
-        let handle = SessionHandle::new(
-            SessionId(1),
-            ByteString::from_static("car-1"),
-            Box::new(SessionState::new(SessionId(1), ProtocolVersion::V5)),
-        );
+        let handle = offline_session(1);
         let later = now + Duration::from_secs(60);
         let queue = [
             delivery("past", Some(now), 1),
@@ -533,11 +537,7 @@ mod expiry_tests {
     #[test]
     fn purge_leaves_an_online_session_to_its_connection() {
         let now = Instant::now();
-        let handle = SessionHandle::new(
-            SessionId(2),
-            ByteString::from_static("car-2"),
-            Box::new(SessionState::new(SessionId(2), ProtocolVersion::V5)),
-        );
+        let handle = offline_session(2);
         handle.restore_queue([delivery("past", Some(now), 4)]);
         handle.0.mailbox.lock().online = true;
         let mut stored = Vec::new();

@@ -575,7 +575,7 @@ impl<T: Transport> Connection<T> {
                 state: OutboundState::Published,
             });
         }
-        if delivery.qos == QoS::AtMostOnce {
+        if delivery.qos == QoS::AtMostOnce && delivery.stored.queue_seq != 0 {
             // A QoS 0 message stored for an offline session (`queue_qos0_offline`) is done once
             // written; nothing waits for the removal.
             let handle = self.handle.clone();

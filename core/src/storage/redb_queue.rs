@@ -208,36 +208,15 @@ impl TouchedChunk {
     }
 }
 
-/// Finds the stored value that holds `key`'s entry: its key, its entries and the value.
-fn locate(
-    table: &impl ReadableTable<&'static [u8], &'static [u8]>,
-    key: &[u8],
-) -> Result<Option<(Vec<u8>, TouchedChunk, usize)>, StorageError> {
-    let (session_prefix, sequence) = split_queue_key(key)?;
-    let range = table
-        .range::<&[u8]>(session_prefix..=key)
-        .map_err(backend_error)?;
-    for stored in range.rev() {
-        let (chunk_key, value) = stored.map_err(backend_error)?;
-        let (_, chunk_sequence) = split_queue_key(chunk_key.value())?;
-        if largest_sequence(chunk_sequence, value.value())? < sequence {
-            continue;
-        }
-        let chunk = TouchedChunk::load(chunk_sequence, value.value().to_vec())?;
-        if let Some(index) = chunk.position(sequence) {
-            return Ok(Some((chunk_key.value().to_vec(), chunk, index)));
-        }
-    }
-    Ok(None)
-}
-
 /// Reads one queue entry.
 pub(crate) fn get(
     table: &impl ReadableTable<&'static [u8], &'static [u8]>,
     key: &[u8],
 ) -> Result<Option<Vec<u8>>, StorageError> {
-    Ok(locate(table, key)?
-        .map(|(_, chunk, index)| chunk.value[chunk.entries[index].1.clone()].to_vec()))
+    let Some((_, Some(chunk), index)) = locate(table, &HashMap::new(), key)? else {
+        return Ok(None);
+    };
+    Ok(Some(chunk.value[chunk.entries[index].1.clone()].to_vec()))
 }
 
 /// Returns at most `limit` entries under `prefix` whose key is after `start_after`, in key order.
@@ -355,7 +334,7 @@ fn apply_deletes(
                 continue;
             }
         }
-        let Some((chunk_key, loaded, index)) = locate_for_delete(table, &touched, key)? else {
+        let Some((chunk_key, loaded, index)) = locate(table, &touched, key)? else {
             continue;
         };
         let chunk = match loaded {
@@ -382,10 +361,11 @@ fn apply_deletes(
     Ok(())
 }
 
-/// [`locate`] for a delete: a chunk this group already changed is looked up in `touched` (the
-/// returned chunk is then `None`), since the table still holds its old value.
-fn locate_for_delete(
-    table: &RawTable<'_>,
+/// Finds the stored value that holds `key`'s entry, walking back through the session's chunks.
+/// A chunk this group already changed is looked up in `touched` (the returned chunk is then
+/// `None`), since the table still holds its old value.
+fn locate(
+    table: &impl ReadableTable<&'static [u8], &'static [u8]>,
     touched: &HashMap<Vec<u8>, TouchedChunk>,
     key: &[u8],
 ) -> Result<Option<Located>, StorageError> {

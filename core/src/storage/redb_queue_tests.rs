@@ -53,6 +53,23 @@ fn sequences(store: &dyn Store, client: &str) -> Vec<u64> {
         .collect()
 }
 
+/// Every queue entry under `prefix`, read in pages of `page_len`, each page starting after the
+/// last key of the one before.
+fn scan_in_pages(store: &dyn Store, prefix: &[u8], page_len: usize) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let mut entries: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+    loop {
+        let after = entries.last().map(|(key, _)| key.clone());
+        let page = store
+            .scan(Keyspace::OfflineQueue, prefix, after.as_deref(), page_len)
+            .expect("scans");
+        let full = page.len() == page_len;
+        entries.extend(page);
+        if !full {
+            return entries;
+        }
+    }
+}
+
 #[test]
 fn a_group_stores_one_value_per_session_and_deletes_empty_it() {
     let dir = temp_dir();
@@ -127,19 +144,10 @@ fn overlapping_chunks_of_one_session_are_found_and_scanned_in_order() {
     assert_eq!(sequences(&store, client), vec![10, 15, 20, 25, 30]);
 
     // Pages of two, each after the last key of the previous page.
-    let prefix = session_key_prefix(client);
-    let mut paged = Vec::new();
-    let mut after: Option<Vec<u8>> = None;
-    loop {
-        let page = store
-            .scan(Keyspace::OfflineQueue, &prefix, after.as_deref(), 2)
-            .expect("scans");
-        after = page.last().map(|(key, _)| key.clone());
-        paged.extend(page.iter().map(|(key, _)| key.clone()));
-        if page.len() < 2 {
-            break;
-        }
-    }
+    let paged: Vec<Vec<u8>> = scan_in_pages(&store, &session_key_prefix(client), 2)
+        .into_iter()
+        .map(|(key, _)| key)
+        .collect();
     let expected: Vec<Vec<u8>> = [10, 15, 20, 25, 30]
         .into_iter()
         .map(|sequence| queue_key(client, sequence))
@@ -362,20 +370,7 @@ proptest! {
                 let expected = model
                     .scan(Keyspace::OfflineQueue, &prefix, None, usize::MAX)
                     .expect("scans");
-                let mut paged = Vec::new();
-                let mut after: Option<Vec<u8>> = None;
-                loop {
-                    let page = redb
-                        .scan(Keyspace::OfflineQueue, &prefix, after.as_deref(), 3)
-                        .expect("scans");
-                    after = page.last().map(|(key, _)| key.clone());
-                    let full = page.len() == 3;
-                    paged.extend(page);
-                    if !full {
-                        break;
-                    }
-                }
-                prop_assert_eq!(&paged, &expected);
+                prop_assert_eq!(&scan_in_pages(&redb, &prefix, 3), &expected);
                 for sequence in (0..120).step_by(7) {
                     let key = queue_key(client, sequence);
                     prop_assert_eq!(
